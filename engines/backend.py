@@ -1,0 +1,142 @@
+"""The engine interface every backend implements, and engine selection.
+
+An engine runs the network on batches gathered across streams. It owns the
+recurrent state of each stream (so a GPU backend can keep it on the device) and
+the colour maths around the network (`colorize`), which the CPU backends do with
+engines.colour and a GPU backend may do on the GPU.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engines import colour
+from engines.hints import Hint, rasterise
+
+log = logging.getLogger("chromacast.engine")
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "chromacast-default.onnx"
+
+
+class EngineError(RuntimeError):
+    """An engine could not be opened or run; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about a network (from the ONNX metadata)."""
+
+    state_channels: int
+    state_stride: int = 16
+    ab_stride: int = 4
+    size_multiple: int = colour.SIZE_MULTIPLE
+    default_short_side: int = 224
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "ModelInfo":
+        if meta.get("chromacast.contract") != "1":
+            raise EngineError("model is not a chromacast engine model (metadata 'chromacast.contract' missing)")
+        return cls(int(meta["state_channels"]), int(meta["state_stride"]), int(meta["ab_stride"]),
+                   int(meta["size_multiple"]), int(meta.get("default_short_side", 224)))
+
+
+class StreamState:
+    """One stream's recurrent state, opaque to callers; a backend decides where it lives."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size  # network input (w, h) this state belongs to
+
+
+class Engine(ABC):
+    name: str = "engine"
+    info: ModelInfo
+
+    @abstractmethod
+    def new_state(self, size: tuple[int, int]) -> StreamState:
+        """Zero state for a stream whose network input is `size` (w, h)."""
+
+    @abstractmethod
+    def reset_state(self, state: StreamState) -> None:
+        """Back to zero (scene cut, gap, seek)."""
+
+    @abstractmethod
+    def infer(self, L: np.ndarray, states: Sequence[StreamState], hint_ab: np.ndarray | None = None,
+              hint_mask: np.ndarray | None = None) -> np.ndarray:
+        """Run one batch. L: B×1×h×w float32 in [-1, 1]; states: one per row, advanced in place.
+        Returns ab, B×2×(h/ab_stride)×(w/ab_stride) float32 in Lab units."""
+
+    def colorize(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
+                 hints: Sequence[list[Hint] | None] | None = None) -> list[np.ndarray]:
+        """Full-resolution BGR frames from full-resolution 8-bit L planes, one batch.
+
+        All states must share one network size. CPU path: resize + normalise into one
+        batch buffer, infer, then upsample ab and merge with each frame's own L."""
+        w, h = states[0].size
+        batch = np.empty((len(l8_frames), 1, h, w), np.float32)
+        for i, l8 in enumerate(l8_frames):
+            colour.l8_to_network(l8, (w, h), out=batch[i, 0])
+        hint_ab = hint_mask = None
+        if hints and any(hints):
+            hint_ab = np.zeros((len(l8_frames), 2, h, w), np.float32)
+            hint_mask = np.zeros((len(l8_frames), 1, h, w), np.float32)
+            for i, frame_hints in enumerate(hints):
+                if frame_hints:
+                    hint_ab[i], hint_mask[i] = rasterise(frame_hints, w, h)
+        ab = self.infer(batch, states, hint_ab, hint_mask)
+        return [colour.merge_l8_ab(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
+
+    def network_size(self, width: int, height: int, short_side: int | None = None) -> tuple[int, int]:
+        return colour.network_size(width, height, short_side or self.info.default_short_side)
+
+    def close(self) -> None:
+        """Release the backend's resources."""
+
+
+def open_engine(model: Path | str | None = None, kind: str = "auto", threads: int | None = None,
+                **options) -> Engine:
+    """The engine named by `kind` (auto | tensorrt | onnxruntime) for `model` (ONNX path).
+
+    `auto` takes TensorRT where it and a GPU are present, else ONNX Runtime, and logs
+    one line saying which and why."""
+    model = Path(model) if model else DEFAULT_MODEL
+    if not model.is_file():
+        raise EngineError(f"model file not found: {model}")
+    if kind not in ("auto", "tensorrt", "onnxruntime"):
+        raise EngineError(f"unknown engine {kind!r}; expected auto, tensorrt or onnxruntime")
+    if kind in ("auto", "tensorrt"):
+        reason = tensorrt_unavailable_reason()
+        if reason is None:
+            from engines.tensorrt_backend import TensorRTEngine
+
+            log.info("engine: tensorrt (GPU and TensorRT found)")
+            return TensorRTEngine(model, **options)
+        if kind == "tensorrt":
+            raise EngineError(f"engine 'tensorrt' unavailable: {reason}")
+        log.info("engine: onnxruntime on CPU (%s)", reason)
+    from engines.onnx_backend import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(model, threads=threads)
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT, pycuda and an NVIDIA GPU are all usable; else why not, in a few words."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return "no NVIDIA GPU found"
+    except ImportError:
+        return "pycuda is not installed"
+    except Exception as exc:  # pycuda raises its own LogicError/RuntimeError without a driver
+        return f"CUDA unavailable ({exc})".splitlines()[0]
+    return None

@@ -1,0 +1,135 @@
+"""Colour maths shared by every engine: CIE Lab split/merge, the ab bins, annealed mean.
+
+OpenCV does the Lab conversions: it is already in the stack, is vectorised C++,
+and its 8-bit Lab layout (L scaled to 0..255, a/b offset by 128) lets the hot path
+stay in uint8 until the network input.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+AB_GRID = 10.0  # bin spacing in Lab units (Zhang et al. ECCV16)
+AB_RANGE = 110.0  # bins cover [-110, 110] on a and b
+AB_SCALE = 110.0  # hint ab are fed to the network as ab / AB_SCALE
+DEFAULT_TEMPERATURE = 0.38  # annealed-mean temperature (logit scale 1/T = 2.63)
+SIZE_MULTIPLE = 32  # network input sides are multiples of the encoder's total stride
+
+
+def to_l8(frame: np.ndarray) -> np.ndarray:
+    """Full-resolution L channel of any frame, in OpenCV's 8-bit Lab scale (L*255/100).
+
+    Accepts grey (H×W or H×W×1), BGR and BGRA, uint8 or uint16. Grey input is
+    already L-like, so it skips the colour conversion (the common case for
+    black-and-white sources)."""
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"unsupported frame dtype {frame.dtype}; expected uint8 or uint16")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        return _grey_to_l8_lut()[frame]
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"unsupported frame shape {frame.shape}")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2Lab)[:, :, 0]
+
+
+@lru_cache(maxsize=1)
+def _grey_to_l8_lut() -> np.ndarray:
+    """L of a neutral grey depends on its value alone: a 256-entry table replaces cvtColor."""
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+    return cv2.cvtColor(grey, cv2.COLOR_BGR2Lab)[:, 0, 0].copy()
+
+
+def network_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Network input (w, h) for a frame: short side scaled to `short_side`, aspect kept,
+    both sides rounded to a multiple of SIZE_MULTIPLE."""
+    scale = short_side / min(width, height)
+
+    def snap(v: float) -> int:
+        return max(SIZE_MULTIPLE, int(round(v / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    return snap(width * scale), snap(height * scale)
+
+
+def l8_to_network(l8: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Resize the 8-bit L plane to the network size and normalise to (L*-50)/50 in [-1, 1].
+
+    `out` (h×w float32) is filled in place when given, so a caller can write
+    straight into its batch buffer."""
+    small = cv2.resize(l8, size, interpolation=cv2.INTER_AREA) if l8.shape[::-1] != tuple(size) else l8
+    if out is None:
+        out = np.empty(small.shape, np.float32)
+    # l8 = L* * 255/100, so (L*-50)/50 = l8/127.5 - 1
+    np.multiply(small, np.float32(1 / 127.5), out=out, dtype=np.float32)
+    out -= 1.0
+    return out
+
+
+def merge_l8_ab(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """Full-resolution BGR uint8 from the input's L and the network's low-resolution ab.
+
+    `ab` is 2×h×w float in Lab units. It is upsampled to the frame size, clipped to
+    the 8-bit Lab range (predictions can leave it) and merged with the untouched L."""
+    h, w = l8.shape
+    ab8 = np.empty((ab.shape[1], ab.shape[2], 2), np.uint8)
+    for c in range(2):
+        # +128 offset and clip in one pass per channel, still at low resolution
+        np.clip(ab[c] + 128.0, 0, 255, out=ab[c])
+        ab8[:, :, c] = ab[c]
+    ab_full = cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR)
+    lab = cv2.merge((l8, ab_full[:, :, 0], ab_full[:, :, 1]))
+    return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)
+
+
+def bgr_to_lab_float(bgr: np.ndarray) -> np.ndarray:
+    """H×W×3 float32 Lab (L in [0,100], ab in Lab units) of a uint8 BGR image."""
+    return cv2.cvtColor(bgr.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_BGR2Lab)
+
+
+def lab_float_to_bgr(lab: np.ndarray) -> np.ndarray:
+    """uint8 BGR of an H×W×3 float Lab image (ab clipped to the representable range)."""
+    lab = lab.astype(np.float32, copy=True)
+    np.clip(lab[..., 0], 0, 100, out=lab[..., 0])
+    np.clip(lab[..., 1:], -127, 127, out=lab[..., 1:])
+    bgr = cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)
+    return np.clip(bgr * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def gamut_bins() -> np.ndarray:
+    """Centres (Q×2, a then b) of the ab bins that sRGB colours occupy.
+
+    Every 8-bit sRGB colour is converted to Lab and its ab assigned to the nearest
+    point of a grid of AB_GRID over [-AB_RANGE, AB_RANGE]; the occupied points are
+    the bins. With OpenCV's D65 Lab this gives Q = 262. Zhang et al. list 313 from
+    their own gamut estimate; nothing here depends on Q, and official models bring
+    their own bin centres."""
+    # every second level (plus 255) finds the same 262 cells as all 2^24 colours, 9x faster
+    v = np.r_[np.arange(0, 256, 2), 255].astype(np.uint8)
+    b, g, r = np.meshgrid(v, v, v, indexing="ij")
+    bgr = np.stack([b, g, r], -1).reshape(-1, 1, 3)
+    ab = bgr_to_lab_float(bgr).reshape(-1, 3)[:, 1:]
+    cells = np.unique(np.round(ab / AB_GRID).astype(np.int32), axis=0)
+    return (cells * AB_GRID).astype(np.float32)
+
+
+def annealed_mean(probs_or_logits: np.ndarray, bins: np.ndarray, temperature: float = DEFAULT_TEMPERATURE,
+                  logits: bool = True) -> np.ndarray:
+    """ab (B×2×h×w) from bin scores (B×Q×h×w) by the annealed mean, computed in float32/64.
+
+    With logits, softmax(z / T); with probabilities, p^(1/T) renormalised (the same thing)."""
+    z = probs_or_logits.astype(np.float64)
+    if logits:
+        z = z / temperature
+    else:
+        z = np.log(np.clip(z, 1e-12, None)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return np.einsum("bqhw,qc->bchw", p, bins.astype(np.float64)).astype(np.float32)

@@ -1,0 +1,53 @@
+"""`chromacast` command: one subcommand per job, each implemented in the module that owns it.
+
+Subcommands are imported lazily so that, say, `chromacast view` needs neither
+ONNX Runtime nor torch, and `chromacast train` is the only one that needs torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module:function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("stream.pipeline_cli:main", "run a pipeline from a YAML config"),
+    "view": ("stream.subscribers:view_main", "show a published stream in a window"),
+    "record": ("stream.subscribers:record_main", "record a published stream to mp4"),
+    "colorize": ("stream.offline:main", "colorize a video, an image or a folder of them"),
+    "bench": ("benchmarks.cli:main", "benchmark one pipeline case (fps, latency)"),
+    "eval": ("engines.evaluate:main", "colour quality and temporal stability of a model"),
+    "train": ("training.cli:train_main", "train the colorization network"),
+    "export": ("training.cli:export_main", "export a checkpoint or official weights to ONNX"),
+    "build-engine": ("engines.tensorrt_build:main", "build a TensorRT FP16 engine (NVIDIA GPU)"),
+    "keys": ("stream.security:keys_main", "create a CurveZMQ key pair"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: chromacast COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n'chromacast COMMAND --help' tells more.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"chromacast: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    try:
+        handler = getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        print(f"chromacast {name}: missing dependency ({exc.name or exc}); "
+              f"install the extra it needs, e.g. pip install 'chromacast[train]'", file=sys.stderr)
+        return 2
+    return int(handler(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Training sequences: colour stills turned into pseudo-video, and real colour clips.
+
+Every sample is a short sequence of T frames (Lab, float32) so the recurrent state
+learns to carry colour; stills move by a smooth random affine whose exact
+frame-to-frame warp is returned, which the temporal-consistency loss uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.colour import bgr_to_lab_float
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
+
+
+def resize_short(img: np.ndarray, short: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = short / min(h, w)
+    return cv2.resize(img, (max(short, round(w * s)), max(short, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def is_colourful(bgr: np.ndarray, min_chroma: float = 5.0) -> bool:
+    """Near-grey photos teach the network nothing about colour: keep mean |ab| >= min_chroma."""
+    lab = bgr_to_lab_float(cv2.resize(bgr, (64, 64), interpolation=cv2.INTER_AREA))
+    return float(np.abs(lab[..., 1:]).mean()) >= min_chroma
+
+
+def load_images(folder: Path, short: int, limit: int | None = None) -> list[np.ndarray]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:limit]
+    out = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None or min(img.shape[:2]) < 32:
+            continue
+        img = resize_short(img, short)
+        if is_colourful(img):
+            out.append(img)
+    return out
+
+
+def load_clips(folder: Path, short: int, max_frames: int = 400) -> list[np.ndarray]:
+    clips = []
+    if not folder.is_dir():
+        return clips
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in VIDEO_EXTS:
+            continue
+        cap = cv2.VideoCapture(str(p))
+        frames = []
+        while len(frames) < max_frames:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(resize_short(f, short))
+        cap.release()
+        if len(frames) >= 4:
+            clips.append(np.stack(frames))
+    return clips
+
+
+@dataclass
+class Batch:
+    lab: np.ndarray  # B×T×3×S×S float32 (L in [0,100], ab in Lab units)
+    warp: np.ndarray  # B×T×2×3 float32: affine in normalised coords, frame t → frame t-1
+    warp_valid: np.ndarray  # B bool: True where the warp is exact (pseudo-video)
+
+
+class SequenceSampler:
+    def __init__(self, images: list[np.ndarray], clips: list[np.ndarray], crop: int, steps: int,
+                 video_fraction: float, seed: int = 0):
+        self.images, self.clips = images, clips
+        self.crop, self.steps = crop, steps
+        self.video_fraction = video_fraction if clips else 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> Batch:
+        lab = np.empty((size, self.steps, 3, self.crop, self.crop), np.float32)
+        warp = np.zeros((size, self.steps, 2, 3), np.float32)
+        valid = np.zeros(size, bool)
+        for i in range(size):
+            if self.rng.random() < self.video_fraction:
+                frames = self._clip_sequence()
+            else:
+                frames, warp[i] = self._still_sequence()
+                valid[i] = True
+            for t, f in enumerate(frames):
+                lab[i, t] = bgr_to_lab_float(f).transpose(2, 0, 1)
+        return Batch(lab, warp, valid)
+
+    def _clip_sequence(self) -> list[np.ndarray]:
+        clip = self.clips[self.rng.integers(len(self.clips))]
+        stride = int(self.rng.integers(1, 3))
+        start = int(self.rng.integers(0, len(clip) - stride * (self.steps - 1)))
+        h, w = clip.shape[1:3]
+        y, x = int(self.rng.integers(0, h - self.crop + 1)), int(self.rng.integers(0, w - self.crop + 1))
+        flip = self.rng.random() < 0.5
+        out = []
+        for t in range(self.steps):
+            f = clip[start + t * stride, y:y + self.crop, x:x + self.crop]
+            out.append(f[:, ::-1] if flip else f)
+        return out
+
+    def _still_sequence(self) -> tuple[list[np.ndarray], np.ndarray]:
+        img = self.images[self.rng.integers(len(self.images))]
+        if self.rng.random() < 0.5:
+            img = img[:, ::-1]
+        h, w = img.shape[:2]
+        s = self.crop
+        zoom = self.rng.uniform(0.75, 1.0) * min(h, w) / s  # image pixels per frame pixel
+        cx = self.rng.uniform(s * zoom / 2, max(s * zoom / 2, w - s * zoom / 2))
+        cy = self.rng.uniform(s * zoom / 2, max(s * zoom / 2, h - s * zoom / 2))
+        vel = self.rng.normal(0, 1.5, 2) * zoom
+        ang, dang = self.rng.normal(0, 2), self.rng.normal(0, 0.7)
+        dzoom = self.rng.normal(0, 0.015)
+        mats, frames = [], []
+        for _ in range(self.steps):
+            m = frame_to_image(s, zoom, math.radians(ang), cx, cy)
+            frames.append(cv2.warpAffine(img, m[:2], (s, s), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                         borderMode=cv2.BORDER_REFLECT))
+            mats.append(m)
+            cx, cy = cx + vel[0], cy + vel[1]
+            ang, zoom = ang + dang, zoom * (1 + dzoom)
+        warps = np.zeros((self.steps, 2, 3), np.float32)
+        norm = np.array([[2 / s, 0, 1 / s - 1], [0, 2 / s, 1 / s - 1], [0, 0, 1]])
+        for t in range(1, self.steps):
+            g = np.linalg.inv(mats[t - 1]) @ mats[t]  # frame t pixel → frame t-1 pixel
+            warps[t] = (norm @ g @ np.linalg.inv(norm))[:2]
+        return frames, warps
+
+
+def frame_to_image(size: int, zoom: float, angle: float, cx: float, cy: float) -> np.ndarray:
+    """3×3 map from frame pixel coords to image pixel coords."""
+    c, s = math.cos(angle) * zoom, math.sin(angle) * zoom
+    half = (size - 1) / 2
+    return np.array([[c, -s, cx - c * half + s * half], [s, c, cy - s * half - c * half], [0, 0, 1]])

@@ -1,0 +1,182 @@
+"""`chromacast train`: train the colorization network on sequences, with resumable checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.colour import AB_SCALE, DEFAULT_TEMPERATURE, gamut_bins
+from engines.network import AB_STRIDE, ColorNet
+from training.data import SequenceSampler, load_clips, load_images
+from training.losses import (ab_prior, rebalance_weights, rebalanced_ce, soft_encode,
+                             temporal_loss)
+
+log = logging.getLogger("chromacast.train")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: Path = Path("../shared/data/train/images")
+    videos: Path = Path("../shared/data/train/videos")
+    out: Path = Path("runs/default")
+    image_limit: int | None = None
+    cache_short_side: int = Field(160, ge=32)
+    crop: int = Field(128, ge=32, multiple_of=32)
+    sequence_length: int = Field(3, ge=1)
+    video_fraction: float = Field(0.25, ge=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    steps: int = Field(8000, ge=1)
+    lr: float = Field(6e-4, gt=0)
+    weight_decay: float = 1e-4
+    temporal_weight: float = Field(0.5, ge=0)
+    hint_probability: float = Field(0.5, ge=0, le=1)
+    state_channels: int = Field(32, ge=1)
+    width: int = Field(64, ge=8)
+    temperature: float = DEFAULT_TEMPERATURE
+    pretrained: bool = True
+    threads: int | None = None
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
+    raw = yaml.safe_load(path.read_text()) if path else {}
+    raw.update(overrides or {})
+    return TrainConfig(**(raw or {}))
+
+
+def simulate_hints(ab: torch.Tensor, rng: np.random.Generator, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few random patches carrying their mean ground-truth ab (SIGGRAPH17-style), on some samples."""
+    b, _, h, w = ab.shape
+    hint = torch.zeros(b, 2, h, w)
+    mask = torch.zeros(b, 1, h, w)
+    for i in range(b):
+        if rng.random() >= probability:
+            continue
+        for _ in range(min(int(rng.geometric(0.2)), 10)):
+            size = int(rng.integers(1, 6))
+            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            hint[i, :, y:y + size, x:x + size] = ab[i, :, y:y + size, x:x + size].mean((1, 2), keepdim=True)
+            mask[i, :, y:y + size, x:x + size] = 1
+    return hint / AB_SCALE, mask
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train until cfg.steps (or cfg.max_minutes); returns the path of the last checkpoint."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = cfg.out / "checkpoint.pt"
+
+    t0 = time.time()
+    images = load_images(cfg.images, cfg.cache_short_side, cfg.image_limit)
+    if not images:
+        raise SystemExit(f"chromacast train: no colour images found in {cfg.images}")
+    clips = load_clips(cfg.videos, cfg.cache_short_side)
+    log.info("data: %d images, %d clips (%.0fs)", len(images), len(clips), time.time() - t0)
+
+    bins = gamut_bins()
+    rng = np.random.default_rng(cfg.seed)
+    sampler = SequenceSampler(images, clips, cfg.crop, cfg.sequence_length, cfg.video_fraction, cfg.seed)
+    prior_batch = sampler.batch(min(64, 8 * len(images)))
+    ab_samples = prior_batch.lab[:, :, 1:, ::4, ::4].transpose(0, 1, 3, 4, 2).reshape(-1, 2)
+    prior = ab_prior(ab_samples, bins)
+    weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+
+    model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step = ck["step"]
+        prior = ck["prior"]
+        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+        sampler.rng = np.random.default_rng(cfg.seed + step)
+        rng = np.random.default_rng(cfg.seed + step + 1)
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    def save() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "prior": prior,
+                    "config": json.loads(cfg.model_dump_json()), "bins": bins}, tmp)
+        tmp.replace(ckpt_path)
+
+    bins_t = model.bins
+    model.train()
+    started, running = time.time(), {}
+    while step < cfg.steps:
+        if cfg.max_minutes and time.time() - started > cfg.max_minutes * 60:
+            log.info("time budget reached at step %d", step)
+            break
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = sampler.batch(cfg.batch_size)
+        lab = torch.as_tensor(batch.lab, device=dev)
+        theta = torch.as_tensor(batch.warp, device=dev)
+        valid = torch.as_tensor(batch.warp_valid, device=dev)
+        b, t_len, _, s, _ = lab.shape
+        state = model.zero_state(b, s, s).to(dev)
+        hint, mask = simulate_hints(lab[:, 0, 1:].cpu(), rng, cfg.hint_probability)
+        hint, mask = hint.to(dev), mask.to(dev)
+        ce_total, tl_total, prev_ab = 0.0, 0.0, None
+        for t in range(t_len):
+            L = (lab[:, t, :1] - 50) / 50
+            if t > 0:
+                hint, mask = torch.zeros_like(hint), torch.zeros_like(mask)
+            logits, state = model.logits(L, hint, mask, state)
+            gt = torch.nn.functional.avg_pool2d(lab[:, t, 1:], AB_STRIDE)
+            target, nearest = soft_encode(gt, bins_t)
+            ce_total = ce_total + rebalanced_ce(logits, target, nearest, weights)
+            ab = model.decode(logits)
+            if prev_ab is not None and cfg.temporal_weight > 0:
+                tl_total = tl_total + temporal_loss(ab, prev_ab, theta[:, t], valid)
+            prev_ab = ab
+        loss = (ce_total + cfg.temporal_weight * tl_total) / t_len
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        for k, v in (("loss", loss), ("ce", ce_total / t_len), ("temporal", tl_total / t_len)):
+            running[k] = running.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+        if step % cfg.log_every == 0:
+            rate = step / max(time.time() - started, 1e-6)
+            log.info("step %d/%d lr %.2e %s (%.2f steps/s)", step, cfg.steps, lr,
+                     " ".join(f"{k} {v / cfg.log_every:.3f}" for k, v in running.items()), rate)
+            running = {}
+        if step % cfg.checkpoint_every == 0:
+            save()
+    save()
+    log.info("checkpoint %s at step %d", ckpt_path, step)
+    return ckpt_path
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> ColorNet:
+    """Model from a training checkpoint (no ImageNet download or file needed)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    c = ck["config"]
+    model = ColorNet(ck["bins"], c["state_channels"], pretrained=False, temperature=c["temperature"],
+                     width=c["width"])
+    model.load_state_dict(ck["model"])
+    return model.eval()
