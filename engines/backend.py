@@ -90,6 +90,14 @@ class Engine(ABC):
         ab = self.infer(batch, states, hint_ab, hint_mask)
         return [colour.merge_l8_ab(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
 
+    def state_to_numpy(self, state: StreamState) -> np.ndarray:
+        """A host copy of `state` (1×C×h'×w' float32), e.g. to save it so a long job can resume."""
+        raise NotImplementedError(f"the {self.name} engine cannot export its state")
+
+    def state_from_numpy(self, array: np.ndarray, size: tuple[int, int]) -> StreamState:
+        """A stream state for network input `size` (w, h) holding `array` (from state_to_numpy)."""
+        raise NotImplementedError(f"the {self.name} engine cannot import a state")
+
     def network_size(self, width: int, height: int, short_side: int | None = None) -> tuple[int, int]:
         return colour.network_size(width, height, short_side or self.info.default_short_side)
 
@@ -113,8 +121,15 @@ def open_engine(model: Path | str | None = None, kind: str = "auto", threads: in
         if reason is None:
             from engines.tensorrt_backend import TensorRTEngine
 
-            log.info("engine: tensorrt (GPU and TensorRT found)")
-            return TensorRTEngine(model, **options)
+            try:
+                engine = TensorRTEngine(model, **options)
+            except EngineError as exc:  # e.g. an unsupported TensorRT version: auto still runs, on the CPU
+                if kind == "tensorrt":
+                    raise
+                reason = f"TensorRT engine failed: {exc}"
+            else:
+                log.info("engine: tensorrt (GPU and TensorRT found)")
+                return engine
         if kind == "tensorrt":
             raise EngineError(f"engine 'tensorrt' unavailable: {reason}")
         log.info("engine: onnxruntime on CPU (%s)", reason)

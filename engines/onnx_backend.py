@@ -41,6 +41,15 @@ class OnnxRuntimeEngine(Engine):
     def reset_state(self, state: StreamState) -> None:
         state.array.fill(0)
 
+    def state_to_numpy(self, state: StreamState) -> np.ndarray:
+        return state.array.copy()
+
+    def state_from_numpy(self, array: np.ndarray, size: tuple[int, int]) -> HostState:
+        expected = self.new_state(size).array.shape
+        if array.shape != expected:
+            raise EngineError(f"saved state has shape {array.shape}, expected {expected} for input size {size}")
+        return HostState(size, np.ascontiguousarray(array, np.float32))
+
     def _zeros_like(self, shape: tuple) -> np.ndarray:
         z = self._zeros.get(shape)
         if z is None:

@@ -41,6 +41,7 @@ class TrainConfig(BaseModel):
     width: int = Field(64, ge=8)
     temperature: float = DEFAULT_TEMPERATURE
     pretrained: bool = True
+    freeze_blocks: int = Field(0, ge=0)  # keep the stem and the first N encoder blocks at ImageNet values
     threads: int | None = None
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
@@ -50,9 +51,9 @@ class TrainConfig(BaseModel):
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
-    raw = yaml.safe_load(path.read_text()) if path else {}
+    raw = (yaml.safe_load(path.read_text()) if path else None) or {}  # an empty file means all defaults
     raw.update(overrides or {})
-    return TrainConfig(**(raw or {}))
+    return TrainConfig(**raw)
 
 
 def simulate_hints(ab: torch.Tensor, rng: np.random.Generator, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,13 +103,21 @@ def train(cfg: TrainConfig) -> Path:
     weights = torch.as_tensor(rebalance_weights(prior), device=dev)
 
     model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
+    frozen = frozen_modules(model, cfg.freeze_blocks)
+    for m in frozen:
+        m.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    step, elapsed_before = 0, 0.0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except ValueError:  # a different set of trainable parameters (freeze_blocks changed)
+            log.info("optimizer state not reused: the trainable parameters changed")
         step = ck["step"]
+        elapsed_before = ck.get("elapsed_s", 0.0)
         prior = ck["prior"]
         weights = torch.as_tensor(rebalance_weights(prior), device=dev)
         sampler.rng = np.random.default_rng(cfg.seed + step)
@@ -118,17 +127,27 @@ def train(cfg: TrainConfig) -> Path:
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "prior": prior,
+                    "elapsed_s": elapsed_before + time.time() - started,
                     "config": json.loads(cfg.model_dump_json()), "bins": bins}, tmp)
         tmp.replace(ckpt_path)
 
     bins_t = model.bins
+    started = time.time()
     model.train()
-    started, running = time.time(), {}
+    for m in frozen:
+        m.eval()  # frozen layers keep their ImageNet batch-norm statistics too
+    running, first_step = {}, step
     while step < cfg.steps:
-        if cfg.max_minutes and time.time() - started > cfg.max_minutes * 60:
+        elapsed = elapsed_before + time.time() - started
+        if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
             log.info("time budget reached at step %d", step)
             break
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        # cosine decay over whichever budget runs out first, so a slow (shared) machine
+        # still ends at a low learning rate
+        progress = step / cfg.steps
+        if cfg.max_minutes:
+            progress = max(progress, elapsed / (cfg.max_minutes * 60))
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = sampler.batch(cfg.batch_size)
@@ -161,7 +180,7 @@ def train(cfg: TrainConfig) -> Path:
         for k, v in (("loss", loss), ("ce", ce_total / t_len), ("temporal", tl_total / t_len)):
             running[k] = running.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
         if step % cfg.log_every == 0:
-            rate = step / max(time.time() - started, 1e-6)
+            rate = (step - first_step) / max(time.time() - started, 1e-6)
             log.info("step %d/%d lr %.2e %s (%.2f steps/s)", step, cfg.steps, lr,
                      " ".join(f"{k} {v / cfg.log_every:.3f}" for k, v in running.items()), rate)
             running = {}
@@ -170,6 +189,13 @@ def train(cfg: TrainConfig) -> Path:
     save()
     log.info("checkpoint %s at step %d", ckpt_path, step)
     return ckpt_path
+
+
+def frozen_modules(model: ColorNet, blocks: int) -> list[torch.nn.Module]:
+    """The high-resolution start of the encoder, whose backward pass costs most on a CPU."""
+    if blocks <= 0:
+        return []
+    return [model.stem, *model.blocks[:blocks]]
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> ColorNet:

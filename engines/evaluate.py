@@ -1,0 +1,281 @@
+"""`chromacast eval`: colour quality and temporal stability of a model, against the grey baseline.
+
+Every image or video frame is resized to the evaluation short side (256 by default);
+its own L is what the model colorizes, and the result is compared with the colour
+original at that resolution. The grey baseline is the same L with ab = 0.
+
+Images (one dataset per subfolder): PSNR, colourfulness and its gap to the ground
+truth's. Videos: the same per frame, plus E_warp(DIS) and CDC (engines/metrics.py)
+with the recurrent state carried from frame to frame ("state on") and reset before
+every frame ("state off"), for the grey baseline and for the ground truth itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from stream.logs import setup_logging
+
+from engines import colour, metrics
+from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
+
+log = logging.getLogger("chromacast.eval")
+
+DATA = Path("../shared/data/eval")
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
+VARIANTS = ("state_on", "state_off", "grey", "ground_truth")
+
+
+class EvalError(RuntimeError):
+    """Bad input for the evaluation; the message is one line for the user."""
+
+
+def resize_short_side(bgr: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return bgr
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+
+
+def grey_baseline(l8: np.ndarray) -> np.ndarray:
+    """BGR of the input L with ab = 0 (what a black-and-white frame looks like)."""
+    neutral = np.full_like(l8, 128)
+    return cv2.cvtColor(cv2.merge((l8, neutral, neutral)), cv2.COLOR_Lab2BGR)
+
+
+def image_datasets(root: Path) -> dict[str, list[Path]]:
+    """{dataset name: image paths}: each subfolder with images, or `root` itself if it has images."""
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+    sets = {d.name: images_in(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    sets = {k: v for k, v in sets.items() if v}
+    if images_in(root):
+        sets[root.name] = images_in(root)
+    return sets
+
+
+def colorize_one(engine: Engine, l8: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = l8.shape
+    state = engine.new_state(engine.network_size(w, h, short_side))
+    return engine.colorize([l8], [state])[0]
+
+
+def evaluate_images(engine: Engine, paths: list[Path], short_side: int) -> dict:
+    rows = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            log.warning("skipping unreadable image %s", p)
+            continue
+        gt = resize_short_side(img, short_side)
+        l8 = colour.to_l8(gt)
+        pred, grey = colorize_one(engine, l8, short_side), grey_baseline(l8)
+        rows.append((metrics.psnr(pred, gt), metrics.psnr(grey, gt), metrics.colourfulness(pred),
+                     metrics.colourfulness(gt), metrics.colourfulness(grey)))
+    if not rows:
+        return {"count": 0}
+    psnr, psnr_grey, cf, cf_gt, cf_grey = np.mean(np.array(rows), axis=0)
+    return {"count": len(rows), "psnr": psnr, "psnr_grey": psnr_grey, "colourfulness": cf,
+            "colourfulness_gt": cf_gt, "colourfulness_grey": cf_grey,
+            "colourfulness_gap": abs(cf_gt - cf), "colourfulness_ratio": cf / cf_gt if cf_gt > 0 else None}
+
+
+def read_frames(path: Path, short_side: int, limit: int | None) -> Iterator[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise EvalError(f"cannot open video {path}")
+    try:
+        n = 0
+        while limit is None or n < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            n += 1
+            yield resize_short_side(frame, short_side)
+    finally:
+        cap.release()
+
+
+class SequenceScore:
+    """Running metrics of one output sequence; keeps only what the next frame needs."""
+
+    def __init__(self, with_psnr: bool = True):
+        self.with_psnr = with_psnr
+        self.prev: np.ndarray | None = None
+        self.hists: deque[np.ndarray] = deque(maxlen=max(metrics.CDC_GAPS))
+        self.divergences: dict[int, list[float]] = {g: [] for g in metrics.CDC_GAPS}
+        self.ewarp: list[float] = []
+        self.colourfulness: list[float] = []
+        self.psnr: list[float] = []
+
+    def add(self, frame: np.ndarray, pair: metrics.FlowPair | None, reference: np.ndarray) -> None:
+        if self.prev is not None and pair is not None:
+            e = metrics.pair_warp_error(self.prev, frame, pair)
+            if e is not None:
+                self.ewarp.append(e)
+        hist = metrics.channel_histograms(frame)
+        for gap in metrics.CDC_GAPS:
+            if len(self.hists) >= gap:
+                self.divergences[gap].append(metrics.histogram_divergence(self.hists[-gap], hist))
+        self.hists.append(hist)
+        self.prev = frame
+        self.colourfulness.append(metrics.colourfulness(frame))
+        if self.with_psnr:
+            self.psnr.append(metrics.psnr(frame, reference))
+
+    def result(self) -> dict:
+        out = {"ewarp": float(np.mean(self.ewarp)) if self.ewarp else float("nan"),
+               "cdc": metrics.cdc_from_divergences(self.divergences),
+               "colourfulness": float(np.mean(self.colourfulness))}
+        if self.with_psnr:
+            out["psnr"] = float(np.mean(self.psnr))
+        return out
+
+
+def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | None) -> dict:
+    """Score one video frame by frame (memory stays bounded whatever its length)."""
+    scores = {v: SequenceScore(with_psnr=v != "ground_truth") for v in VARIANTS}
+    flow = metrics.DisFlow()
+    carried = fresh = None
+    prev_l8, frames = None, 0
+    for gt in read_frames(path, short_side, limit):
+        l8 = colour.to_l8(gt)
+        if carried is None:
+            size = engine.network_size(l8.shape[1], l8.shape[0], short_side)
+            carried, fresh = engine.new_state(size), engine.new_state(size)
+        engine.reset_state(fresh)
+        # the flow of the input frames is shared by every variant being scored
+        pair = flow.pair(prev_l8, l8) if prev_l8 is not None else None
+        outputs = {"state_on": engine.colorize([l8], [carried])[0],
+                   "state_off": engine.colorize([l8], [fresh])[0],
+                   "grey": grey_baseline(l8), "ground_truth": gt}
+        for v, frame in outputs.items():
+            scores[v].add(frame, pair, gt)
+        prev_l8, frames = l8, frames + 1
+    result: dict = {"frames": frames}
+    if frames < 2:
+        return result
+    result.update({v: s.result() for v, s in scores.items()})
+    off = result["state_off"]["ewarp"]
+    result["ewarp_ratio"] = result["state_on"]["ewarp"] / off if off > 0 else None
+    return result
+
+
+def mean_over(results: dict[str, dict]) -> dict:
+    """Mean of each variant's metrics over the videos that have them."""
+    scored = [r for r in results.values() if "state_on" in r]
+    if not scored:
+        return {}
+    out: dict = {v: {k: float(np.mean([r[v][k] for r in scored])) for k in scored[0][v]} for v in VARIANTS}
+    off = out["state_off"]["ewarp"]
+    out["ewarp_ratio"] = out["state_on"]["ewarp"] / off if off > 0 else None
+    return out
+
+
+def finite(obj):
+    """The report with numpy scalars as Python floats and NaN/inf as null (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def print_table(report: dict) -> None:
+    if report.get("images"):
+        print(f"{'images':<12}{'n':>4}{'PSNR':>8}{'grey':>8}{'colour':>8}{'GT':>8}{'ratio':>7}")
+        for name, r in report["images"].items():
+            print(f"{name:<12}{r['count']:>4}{_fmt(r.get('psnr')):>8}{_fmt(r.get('psnr_grey')):>8}"
+                  f"{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
+                  f"{_fmt(r.get('colourfulness_ratio')):>7}")
+    if report.get("videos"):
+        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT':<30}{'CDC x1e3: on/off/grey/GT':<28}"
+              f"{'PSNR on/off':>12}")
+        rows = dict(report["videos"], **({"mean": report["video_mean"]} if report.get("video_mean") else {}))
+        for name, r in rows.items():
+            if "state_on" not in r:
+                continue
+            ew = "/".join(_fmt(r[v]["ewarp"] * 1e3) for v in VARIANTS)
+            cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS)
+            ps = f"{_fmt(r['state_on']['psnr'])}/{_fmt(r['state_off']['psnr'])}"
+            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<30}{cd:<28}{ps:>12}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="chromacast eval", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped model)")
+    ap.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    ap.add_argument("--images", type=Path, default=DATA / "images", help="folder of image dataset folders")
+    ap.add_argument("--videos", type=Path, default=DATA / "videos", help="folder of colour videos")
+    ap.add_argument("--short-side", type=int, default=256, help="evaluation resolution (short side, pixels)")
+    ap.add_argument("--json", type=Path, default=None, help="write the full report here")
+    ap.add_argument("--limit", type=int, default=None, help="at most N images per dataset and N frames per video")
+    ap.add_argument("--no-images", action="store_true", help="skip the image datasets")
+    ap.add_argument("--no-videos", action="store_true", help="skip the videos")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.short_side < 32:
+        raise EvalError("--short-side must be at least 32")
+    if not args.no_images and not args.images.is_dir():
+        raise EvalError(f"image folder not found: {args.images} (use --images DIR or --no-images)")
+    if not args.no_videos and not args.videos.is_dir():
+        raise EvalError(f"video folder not found: {args.videos} (use --videos DIR or --no-videos)")
+    engine = open_engine(args.model, kind=args.engine)
+    started = time.time()
+    report: dict = {"model": str(args.model or DEFAULT_MODEL), "engine": engine.name, "short_side": args.short_side,
+                    "images": {}, "videos": {}}
+    try:
+        if not args.no_images:
+            for name, paths in image_datasets(args.images).items():
+                log.info("images: %s (%d)", name, min(len(paths), args.limit or len(paths)))
+                report["images"][name] = evaluate_images(engine, paths[:args.limit], args.short_side)
+        if not args.no_videos:
+            for path in sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTS):
+                log.info("video: %s", path.name)
+                report["videos"][path.stem] = evaluate_video(engine, path, args.short_side, args.limit)
+            report["video_mean"] = mean_over(report["videos"])
+    finally:
+        engine.close()
+    if not report["images"] and not report["videos"]:
+        raise EvalError("no images or videos found to evaluate")
+    report["seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        report = run(args)
+    except (EvalError, EngineError) as exc:
+        print(f"chromacast eval: {exc}", file=sys.stderr)
+        return 1
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(finite(report), indent=2) + "\n")
+        print(f"\nreport: {args.json}")
+    return 0

@@ -1,0 +1,47 @@
+"""Log lines for the command line: 'chromacast: ...', one line each, no tracebacks."""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = {logging.WARNING: "warning: ", logging.ERROR: "error: ",
+                  logging.CRITICAL: "error: "}.get(record.levelno, "")
+        return f"chromacast: {prefix}{record.getMessage()}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each line (it may be replaced later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _Timestamped(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s")
+
+
+def setup_logging(verbosity: int = 0, timestamps: bool = False) -> None:
+    """verbosity -1: errors only, 0: info, 1+: debug. Timestamps for long jobs (training)."""
+    level = logging.ERROR if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    handler = _StderrHandler()
+    handler.setFormatter(_Timestamped() if timestamps else _Format())
+    root = logging.getLogger("chromacast")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def error_line(command: str, message: str) -> None:
+    print(f"chromacast {command}: error: {message}", file=sys.stderr, flush=True)

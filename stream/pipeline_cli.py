@@ -1,0 +1,125 @@
+"""`chromacast run`: run a pipeline from a YAML config, with command-line overrides.
+
+Exit codes: 0 done (also after a graceful stop by SIGINT/SIGTERM), 1 a stage failed or a
+stream ended abnormally (e.g. its camera never came back), 2 bad config or input,
+130 forced exit by a second signal.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from stream.config import ConfigError, PipelineConfig, load_config, parse_config
+from stream.logs import error_line, setup_logging
+from stream.pipeline import Pipeline, PipelineError
+from stream.signals import install_stop_handlers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chromacast run", description="Run a colorization pipeline: "
+                                "sources → engine → ZeroMQ publisher, recorder, window.")
+    p.add_argument("--config", "-c", type=Path, help="pipeline YAML (see configs/)")
+    p.add_argument("--source", "-s", action="append", metavar="SRC",
+                   help="replace the config's sources: webcam index, rtsp:// URL, video file or image "
+                        "folder (repeat for several)")
+    p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), help="engine backend")
+    p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    p.add_argument("--short-side", type=int, help="network input short side in pixels")
+    p.add_argument("--threads", type=int, help="CPU threads for the engine")
+    p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
+    p.add_argument("--no-publish", action="store_true", help="do not publish over ZeroMQ")
+    p.add_argument("--record", metavar="PATH", help="record each stream to PATH ({stream} = stream id)")
+    p.add_argument("--no-record", action="store_true", help="do not record")
+    p.add_argument("--window", action="store_true", help="show original | grey | colour live")
+    p.add_argument("--no-window", action="store_true", help="no live window")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=int, metavar="N", help="end each stream after N frames")
+    p.add_argument("--realtime", action="store_true", help="play files at their fps, like a camera")
+    p.add_argument("--loop", action="store_true", help="play files and folders in a loop")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="errors and the summary only")
+    return p
+
+
+def source_entry(text: str) -> dict:
+    """A --source value as a config entry: an integer is a webcam, rtsp:// an RTSP camera,
+    a folder an image folder, anything else a video file."""
+    if re.fullmatch(r"\d+", text):
+        return {"webcam": int(text)}
+    if re.match(r"^rtsps?://", text):
+        return {"rtsp": text}
+    return {"folder": text} if Path(text).is_dir() else {"file": text}
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    engine = {k: v for k, v in (("kind", args.engine), ("model", args.model and str(args.model)),
+                                ("short_side", args.short_side), ("threads", args.threads)) if v is not None}
+    if engine:
+        out["engine"] = engine
+    if args.no_publish:
+        out["publish"] = None
+    elif args.bind:
+        out["publish"] = {"bind": args.bind}
+    if args.no_record:
+        out["record"] = None
+    elif args.record:
+        out["record"] = {"path": args.record}
+    if args.no_window:
+        out["window"] = None
+    elif args.window:
+        out["window"] = {}
+    if args.duration is not None:
+        out["duration_s"] = args.duration
+    return out
+
+
+def load(args: argparse.Namespace) -> PipelineConfig:
+    overrides = overrides_from(args)
+    if args.source:
+        overrides["sources"] = [source_entry(s) for s in args.source]
+    if args.config is None:
+        if not args.source:
+            raise ConfigError("give --config FILE (see configs/) or --source SRC")
+        config = parse_config("{}", "command line", overrides)
+    else:
+        config = load_config(args.config, overrides)
+    for source in config.sources:  # options that apply to every source
+        if args.max_frames is not None:
+            source.max_frames = args.max_frames
+        if source.kind in ("file", "folder"):
+            source.realtime = source.realtime or args.realtime
+            source.loop = source.loop or args.loop
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        error_line("run", str(exc))
+        return 2
+    pipeline = Pipeline(config)
+    try:
+        pipeline.open()
+    except PipelineError as exc:
+        error_line("run", str(exc))
+        return 2
+    install_stop_handlers(pipeline.request_stop)
+    try:
+        pipeline.start()
+        pipeline.wait()
+    finally:
+        pipeline.close()
+    print(pipeline.stats.report(), flush=True)
+    if pipeline.error:
+        error_line("run", pipeline.error)
+        return 1
+    failed = {sid: s.ended for sid, s in pipeline.stats.streams.items() if s.ended}
+    if failed:
+        error_line("run", "; ".join(f"stream {sid} ended: {why}" for sid, why in failed.items()))
+        return 1
+    return 0

@@ -1,0 +1,125 @@
+"""Recorder sink: each stream to its own mp4 at the input's frame rate, every frame kept.
+
+PyAV writes the file with FFmpeg's own encoder and muxer (exact timestamps, a proper mp4
+trailer on close). H.264 (libx264) when the PyAV build has it, else MPEG-4 part 2. Frame i
+gets pts i in a time base of 1/fps, so the file has exactly the frames written, at the fps.
+"""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.config import RecordConfig
+from stream.frame import Frame, StreamEnd
+from stream.sinks.base import Sink, SinkError
+
+log = logging.getLogger("chromacast.record")
+
+
+def pick_codec(codec: str = "auto") -> str:
+    import av
+
+    if codec != "auto":
+        if codec not in av.codecs_available:
+            raise SinkError(f"video codec {codec!r} is not in this PyAV build")
+        return codec
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+class Mp4Writer:
+    """One mp4 file of BGR frames of a fixed size."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, codec: str = "auto",
+                 crf: int = 20, preset: str = "veryfast"):
+        import av
+
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.codec = pick_codec(codec)
+        odd = width % 2 or height % 2
+        if odd and self.codec != "libx264":
+            raise SinkError(f"cannot record {width}x{height} with {self.codec}: it needs even sides")
+        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        options = {"crf": str(crf), "preset": preset} if self.codec == "libx264" else {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.path), "w")
+        except (OSError, av.error.FFmpegError) as exc:
+            raise SinkError(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.stream = self.container.add_stream(self.codec, rate=self.rate, options=options)
+        self.stream.width, self.stream.height = width, height
+        # 4:2:0 is what every player decodes; odd sides need 4:4:4 to keep the exact size
+        self.stream.pix_fmt = "yuv444p" if odd else "yuv420p"
+        self.stream.codec_context.time_base = 1 / self.rate
+        if self.codec == "mpeg4":
+            self.stream.codec_context.bit_rate = max(1_000_000, int(width * height * float(self.rate) * 0.15))
+        self.frames = 0
+        self._resized_warned = False
+
+    def write(self, bgr: np.ndarray) -> None:
+        import av
+
+        if bgr.shape[1] != self.width or bgr.shape[0] != self.height:
+            if not self._resized_warned:
+                log.warning("%s: frame size changed to %dx%d; scaling to %dx%d", self.path,
+                            bgr.shape[1], bgr.shape[0], self.width, self.height)
+                self._resized_warned = True
+            bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+        frame.pts = self.frames
+        frame.time_base = self.stream.codec_context.time_base
+        self.container.mux(self.stream.encode(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            self.container.mux(self.stream.encode(None))  # flush the encoder's delayed frames
+        finally:
+            self.container.close()
+            self.container = None
+
+
+class Recorder(Sink):
+    """mp4 per stream at `path` ({stream} replaced by the stream id); opened at the first frame."""
+
+    name = "record"
+    lossy = False
+
+    def __init__(self, config: RecordConfig):
+        self.config = config
+        self.codec = pick_codec(config.codec)
+        self.writers: dict[str, Mp4Writer] = {}
+        self.written: dict[str, tuple[Path, int]] = {}  # closed files and their frame counts
+
+    def path_for(self, stream_id: str) -> Path:
+        return Path(self.config.path.format(stream=stream_id))
+
+    def write(self, frame: Frame) -> None:
+        writer = self.writers.get(frame.stream)
+        if writer is None:
+            h = frame.header
+            writer = self.writers[frame.stream] = Mp4Writer(
+                self.path_for(frame.stream), h.width, h.height, h.fps, self.codec, self.config.crf,
+                self.config.preset)
+        writer.write(frame.colour)
+
+    def end_stream(self, end: StreamEnd) -> None:
+        writer = self.writers.pop(end.stream, None)
+        if writer is not None:
+            self._finish(end.stream, writer)
+
+    def close(self) -> None:
+        for stream_id, writer in list(self.writers.items()):
+            self._finish(stream_id, writer)
+        self.writers.clear()
+
+    def _finish(self, stream_id: str, writer: Mp4Writer) -> None:
+        writer.close()
+        self.written[stream_id] = (writer.path, writer.frames)
+        log.info("recorded %s: %d frames at %s fps", writer.path, writer.frames, writer.rate)

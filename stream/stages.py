@@ -1,0 +1,118 @@
+"""The two central stages, each in its own thread:
+
+EngineStage: batcher → per-stream state slots → Engine.colorize (network + ab upsample and
+merge with the full-resolution L) → the output queue.
+OutputStage: publish over ZeroMQ, count the frame and its latency, fan out to the sinks
+that run in their own threads (recorder, window).
+
+ONNX Runtime, OpenCV and ZeroMQ release the GIL, so these threads and the ingest threads
+overlap on a multi-core CPU.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from engines.backend import Engine
+from stream.batcher import Batcher
+from stream.frame import Frame, StreamEnd
+from stream.queues import BoundedQueue, QueueClosed
+from stream.sinks.base import Sink
+from stream.state import StateSlots
+from stream.stats import Stats
+
+log = logging.getLogger("chromacast.stages")
+
+EVICT_EVERY_S = 1.0
+
+
+class EngineStage(threading.Thread):
+    def __init__(self, engine: Engine, batcher: Batcher, slots: StateSlots, out: BoundedQueue,
+                 on_error: Callable[[str], None]):
+        super().__init__(name="engine", daemon=True)
+        self.engine, self.batcher, self.slots, self.out = engine, batcher, slots, out
+        self._on_error = on_error
+        self.batches = 0
+        self.batched_frames = 0
+
+    def run(self) -> None:
+        next_evict = time.monotonic() + EVICT_EVERY_S
+        try:
+            while True:
+                gathered = self.batcher.gather(timeout=0.25)
+                if gathered is None:
+                    break
+                for group in gathered.groups:
+                    self._colorize(group)
+                for end in gathered.ends:
+                    self.slots.end(end.stream)
+                    self.out.put(end, force=True)
+                if time.monotonic() >= next_evict:
+                    self.slots.evict_idle()
+                    next_evict = time.monotonic() + EVICT_EVERY_S
+        except QueueClosed:
+            pass
+        except Exception as exc:  # the engine itself failed: nothing more can be colorized
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self._on_error(f"engine failed: {type(exc).__name__}: {text}")
+        finally:
+            self.out.close()
+
+    def _colorize(self, group: list[Frame]) -> None:
+        states, hints = [], []
+        for frame in group:
+            frame.header.stamp("batch")
+            state, frame_hints = self.slots.take(frame)
+            states.append(state)
+            hints.append(frame_hints)
+        colours = self.engine.colorize([f.l8 for f in group], states, hints if any(hints) else None)
+        self.batches += 1
+        self.batched_frames += len(group)
+        for frame, colour in zip(group, colours):
+            frame.colour = colour
+            frame.header.stamp("engine")
+            self.out.put(frame)
+
+
+class OutputStage(threading.Thread):
+    def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
+                 sink_queues: list[BoundedQueue], on_error: Callable[[str], None]):
+        """`sink_queues`: the queues of the sinks that run on their own (recorder, window)."""
+        super().__init__(name="output", daemon=True)
+        self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
+        self._on_error = on_error
+
+    def run(self) -> None:
+        publisher = self.publisher
+        try:
+            while True:
+                try:
+                    item = self.source.get()
+                except QueueClosed:
+                    break
+                if isinstance(item, StreamEnd):
+                    if publisher:
+                        publisher.end_stream(item)
+                    for queue in self.sink_queues:
+                        queue.put(item, force=True)
+                    continue
+                if publisher:
+                    publisher.write(item)
+                stages = item.header.stages
+                self.stats.frame_out(item.header, stages.get("publish") or stages["engine"])
+                for queue in self.sink_queues:
+                    queue.put(item)
+        except Exception as exc:
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self._on_error(f"output failed: {type(exc).__name__}: {text}")
+            self.source.close()
+        finally:
+            for queue in self.sink_queues:
+                queue.close()
+            if publisher:
+                try:
+                    publisher.close()
+                except Exception as exc:
+                    self._on_error(f"publish: {exc}")

@@ -1,0 +1,136 @@
+"""Training loop (a few CPU steps, resumable) and export of the network (ONNX Runtime vs PyTorch)."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="the train extra (EfficientNet-Lite) is not installed")
+
+from engines.backend import open_engine  # noqa: E402
+from engines.colour import gamut_bins, to_l8  # noqa: E402
+from engines.export import export_onnx  # noqa: E402
+from engines.network import ColorNet  # noqa: E402
+from training.cli import export_main, train_main  # noqa: E402
+
+
+def colour_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(root / "images" / f"img{i}.png"), colour_texture(96, 128, rng))
+    (root / "videos").mkdir()
+    base = colour_texture(96, 160, rng)
+    writer = cv2.VideoWriter(str(root / "videos" / "pan.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))
+    for t in range(8):
+        writer.write(np.ascontiguousarray(base[:, 3 * t:3 * t + 128]))
+    writer.release()
+    cfg = {"images": str(root / "images"), "videos": str(root / "videos"), "out": str(root / "run"),
+           "cache_short_side": 64, "crop": 64, "sequence_length": 2, "video_fraction": 0.5, "batch_size": 2,
+           "steps": 2, "state_channels": 4, "width": 8, "pretrained": False, "threads": 2,
+           "checkpoint_every": 1, "log_every": 1}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(train_data: Path) -> Path:
+    assert train_main(["--config", str(train_data / "config.yaml"), "--steps", "2"]) == 0
+    return train_data / "run" / "checkpoint.pt"
+
+
+def test_training_writes_checkpoint_and_logs_loss(trained: Path):
+    ck = torch.load(trained, map_location="cpu", weights_only=False)
+    assert ck["step"] == 2
+    assert ck["config"]["width"] == 8 and ck["prior"].shape == (len(gamut_bins()),)
+    log = (trained.parent / "train.log").read_text()
+    assert "step 2/2" in log and "loss" in log
+
+
+def test_training_resumes_step_count(train_data: Path, trained: Path):
+    before = torch.load(trained, map_location="cpu", weights_only=False)
+    assert train_main(["--config", str(train_data / "config.yaml"), "--steps", "3"]) == 0
+    after = torch.load(trained, map_location="cpu", weights_only=False)
+    assert after["step"] == 3
+    assert "resumed from" in (trained.parent / "train.log").read_text()
+    moved = [k for k in before["model"] if before["model"][k].dtype.is_floating_point
+             and not torch.equal(before["model"][k], after["model"][k])]
+    assert moved, "resumed training did not update the weights"
+
+
+def test_train_bad_input_is_one_line(tmp_path: Path, capsys):
+    assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config file not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("crop: 50\n")
+    assert train_main(["--config", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "crop" in err
+    ok_but_no_images = tmp_path / "noimg.yaml"
+    ok_but_no_images.write_text(f"images: {tmp_path / 'nowhere'}\n")
+    assert train_main(["--config", str(ok_but_no_images)]) == 1
+    assert "training image folder not found" in capsys.readouterr().err
+
+
+def test_export_cli_from_checkpoint_runs_in_engine(trained: Path, tmp_path: Path):
+    out = tmp_path / "model.onnx"
+    assert export_main(["--checkpoint", str(trained), "--out", str(out), "--size", "64"]) == 0
+    engine = open_engine(out, kind="onnxruntime", threads=1)
+    assert engine.info.state_channels == 4
+    frame = colour_texture(72, 100, np.random.default_rng(5))
+    l8 = to_l8(frame)
+    state = engine.new_state(engine.network_size(100, 72, 64))
+    bgr = engine.colorize([l8], [state])[0]
+    assert bgr.shape == (72, 100, 3) and bgr.dtype == np.uint8
+    assert np.abs(to_l8(bgr).astype(int) - l8).max() <= 3  # the input's own L is kept
+
+
+def test_export_cli_bad_input(tmp_path: Path, capsys):
+    assert export_main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_onnx_matches_pytorch_with_state_and_hints(tmp_path: Path):
+    torch.manual_seed(0)
+    model = ColorNet(gamut_bins(), state_channels=4, pretrained=False, width=8).eval()
+    path = export_onnx(model, tmp_path / "tiny.onnx", short_side=64)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    b, h, w = 2, 64, 96  # batch of two streams, non-square, not the export size
+    state_np = np.zeros((b, 4, h // 16, w // 16), np.float32)
+    state_pt = torch.zeros(b, 4, h // 16, w // 16)
+    hint_ab = np.zeros((b, 2, h, w), np.float32)
+    hint_mask = np.zeros((b, 1, h, w), np.float32)
+    hint_ab[0, 0, 10:18, 20:30], hint_ab[0, 1, 10:18, 20:30] = 0.5, -0.4
+    hint_mask[0, 0, 10:18, 20:30] = 1
+    states = []
+    for t in range(4):
+        L = rng.uniform(-1, 1, (b, 1, h, w)).astype(np.float32)
+        ab, state_np = sess.run(None, {"L": L, "hint_ab": hint_ab, "hint_mask": hint_mask, "state": state_np})
+        with torch.no_grad():
+            ab_pt, state_pt = model(*(torch.from_numpy(x) for x in (L, hint_ab, hint_mask)), state_pt)
+        assert ab.shape == (b, 2, h // 4, w // 4)
+        np.testing.assert_allclose(ab, ab_pt.numpy(), atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(state_np, state_pt.numpy(), atol=1e-4, rtol=1e-3)
+        states.append(state_np.copy())
+    assert np.abs(states[-1] - states[0]).max() > 1e-3, "state did not evolve over frames"
+    # the state and the hints both reach the output
+    no_state = sess.run(None, {"L": L, "hint_ab": hint_ab, "hint_mask": hint_mask,
+                               "state": np.zeros_like(state_np)})[0]
+    no_hint = sess.run(None, {"L": L, "hint_ab": np.zeros_like(hint_ab), "hint_mask": np.zeros_like(hint_mask),
+                              "state": states[-2]})[0]
+    assert np.abs(no_state - ab).max() > 1e-4
+    assert np.abs(no_hint[0] - ab[0]).max() > 1e-4
