@@ -305,7 +305,7 @@ def _matrix_section(matrix: dict, plots: dict[str, str]) -> list[str]:
                      f"{r['frames']['window']['dropped']} | {_f(r['batch']['mean'], '.2f')} | "
                      f"{r['bottleneck']} {_f(busy and 100 * busy, '.0f')}% | {_f(cpu and 100 * cpu, '.0f')}% |")
     lines += ["", "busiest: the serial stage with the least idle time (ingest: a stream's decode + L plane; "
-              "engine: network + colour maths; output: JPEG + send). CPU: this process's share of all cores."]
+              "engine: network + its input resize; output: merge, JPEG + send). CPU: this process's share of all cores."]
     lines.append("")
     for key, title in (("fps", "fps vs streams"), ("latency", "latency histogram"), ("stages", "stage breakdown")):
         if key in plots:

@@ -10,10 +10,11 @@ order (prep, batch, engine, publish). The latency between two consecutive stamps
 
     l_plane       capture → prep      the full-resolution L plane
     wait_engine   prep → batch        waiting in the stream's queue and for a fuller batch
-    colour_maths  batch → engine      minus the network: resize in, ab upsample + merge out
+    colour_maths  batch → engine      minus the network: resize and normalise into the batch
     network       (inside the engine) the network itself, timed around Engine.infer
     wait_output   engine → publish    waiting for the output thread (busy with earlier frames)
-    publish       engine → publish    JPEG encode (+ the previous frame's send)
+    publish       engine → publish    ab upsample + merge with full-resolution L, JPEG, send
+                                      (a GPU engine merges inside the engine stage instead)
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ SEGMENTS = ("l_plane", "wait_engine", "colour_maths", "network", "wait_output", 
 SEGMENT_LABELS = {
     "l_plane": "L plane (capture → prep)",
     "wait_engine": "queue + batching (prep → batch)",
-    "colour_maths": "colour maths (resize in, upsample + merge)",
+    "colour_maths": "network input (resize + normalise)",
     "network": "network (Engine.infer)",
     "wait_output": "waiting for the output thread",
-    "publish": "publish (JPEG + send)",
+    "publish": "merge + publish (upsample, Lab→BGR, JPEG, send)",
 }
 
 
@@ -196,7 +197,7 @@ def busy_fractions(records: Sequence[FrameRecord], calls: Sequence[InferCall], s
     counts the frames dropped later too; else the records captured in the window) costs the
     decode time (measured apart) plus its stream's mean L-plane time. engine: the engine thread
     (batch → engine of each batch); network: Engine.infer alone; output: the output thread
-    (JPEG + send). Work that runs past the window's edges is cut at them."""
+    (merge, JPEG + send). Work that runs past the window's edges is cut at them."""
     full = [r for r in records if all(s in r.stages for s in ("prep", "batch", "engine", "publish"))]
     window_ns = end_ns - start_ns
     if window_ns <= 0 or not full:

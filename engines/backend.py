@@ -70,12 +70,28 @@ class Engine(ABC):
         """Run one batch. L: B×1×h×w float32 in [-1, 1]; states: one per row, advanced in place.
         Returns ab, B×2×(h/ab_stride)×(w/ab_stride) float32 in Lab units."""
 
+    #: True where colorize() merges on the device (GPU backends): callers must not split it
+    #: into predict() + merge(), which would bring float ab back to the host.
+    merges_on_device: bool = False
+
     def colorize(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
                  hints: Sequence[list[Hint] | None] | None = None) -> list[np.ndarray]:
         """Full-resolution BGR frames from full-resolution 8-bit L planes, one batch.
 
-        All states must share one network size. CPU path: resize + normalise into one
-        batch buffer, infer, then upsample ab and merge with each frame's own L."""
+        All states must share one network size. CPU path: predict() (resize + normalise
+        into one batch buffer, infer), then merge() each frame's ab with its own L."""
+        ab = self.predict(l8_frames, states, hints)
+        return [self.merge(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
+
+    @staticmethod
+    def merge(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+        """BGR frame from its full-resolution L and its low-resolution ab (2×h×w, Lab units).
+        Kept apart from predict() so a pipeline can merge on another thread."""
+        return colour.merge_l8_ab(l8, ab)
+
+    def predict(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
+                hints: Sequence[list[Hint] | None] | None = None) -> np.ndarray:
+        """ab (B×2×h×w, network resolution / ab_stride) for a batch of full-resolution L planes."""
         w, h = states[0].size
         batch = np.empty((len(l8_frames), 1, h, w), np.float32)
         for i, l8 in enumerate(l8_frames):
@@ -87,8 +103,7 @@ class Engine(ABC):
             for i, frame_hints in enumerate(hints):
                 if frame_hints:
                     hint_ab[i], hint_mask[i] = rasterise(frame_hints, w, h)
-        ab = self.infer(batch, states, hint_ab, hint_mask)
-        return [colour.merge_l8_ab(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
+        return self.infer(batch, states, hint_ab, hint_mask)
 
     def state_to_numpy(self, state: StreamState) -> np.ndarray:
         """A host copy of `state` (1×C×h'×w' float32), e.g. to save it so a long job can resume."""

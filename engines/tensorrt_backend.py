@@ -110,6 +110,8 @@ class TensorRTEngine(Engine):
                 if self._context is None:
                     raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
                 self._kernels = self._compile_kernels()
+                # with the colour kernels, colorize() merges on the GPU and must not be split
+                self.merges_on_device = self._kernels is not None
         except BaseException as exc:
             self._ctx.detach()
             self._ctx = None

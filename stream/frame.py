@@ -51,6 +51,7 @@ class Frame:
     header: FrameHeader
     image: np.ndarray
     l8: np.ndarray | None = None
+    ab: np.ndarray | None = None  # the network's low-resolution ab, until merged into `colour`
     colour: np.ndarray | None = None
 
     @property

@@ -131,7 +131,8 @@ class Pipeline:
         self._engine_out: BoundedQueue = BoundedQueue(ENGINE_OUT_QUEUE, Overflow.BLOCK, name="engine-out")
         self.engine_stage = EngineStage(self.engine, self.batcher, self.slots, self._engine_out, self.fail)
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
-        self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail)
+        self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
+                                        merge=self.engine.merge)
         for thread in self.sink_workers + [self.output_stage, self.engine_stage]:
             thread.start()
         for source in self.sources:

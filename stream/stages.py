@@ -1,8 +1,8 @@
 """The two central stages, each in its own thread:
 
-EngineStage: batcher → per-stream state slots → Engine.colorize (network + ab upsample and
-merge with the full-resolution L) → the output queue.
-OutputStage: publish over ZeroMQ, count the frame and its latency, fan out to the sinks
+EngineStage: batcher → per-stream state slots → Engine.predict (the network, low-resolution
+ab) → the output queue; a GPU engine merges on the device (Engine.colorize) instead.
+OutputStage: merge ab with the full-resolution L (upsample, Lab → BGR), publish over ZeroMQ, count the frame and its latency, fan out to the sinks
 that run in their own threads (recorder, window).
 
 ONNX Runtime, OpenCV and ZeroMQ release the GIL, so these threads and the ingest threads
@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 from typing import Callable
+
+import numpy as np
 
 from engines.backend import Engine
 from stream.batcher import Batcher
@@ -67,20 +69,30 @@ class EngineStage(threading.Thread):
             state, frame_hints = self.slots.take(frame)
             states.append(state)
             hints.append(frame_hints)
-        colours = self.engine.colorize([f.l8 for f in group], states, hints if any(hints) else None)
+        l8 = [f.l8 for f in group]
+        hints = hints if any(hints) else None
+        if self.engine.merges_on_device:
+            for frame, colour in zip(group, self.engine.colorize(l8, states, hints)):
+                frame.colour = colour
+        else:  # the full-resolution merge runs on the output thread, overlapping the next batch
+            ab = self.engine.predict(l8, states, hints)
+            for i, frame in enumerate(group):
+                frame.ab = ab[i]
         self.batches += 1
         self.batched_frames += len(group)
-        for frame, colour in zip(group, colours):
-            frame.colour = colour
+        for frame in group:
             frame.header.stamp("engine")
             self.out.put(frame)
 
 
 class OutputStage(threading.Thread):
     def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
-                 sink_queues: list[BoundedQueue], on_error: Callable[[str], None]):
-        """`sink_queues`: the queues of the sinks that run on their own (recorder, window)."""
+                 sink_queues: list[BoundedQueue], on_error: Callable[[str], None],
+                 merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge):
+        """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
+        `merge`: the engine's merge of full-resolution L with low-resolution ab."""
         super().__init__(name="output", daemon=True)
+        self.merge = merge
         self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
         self._on_error = on_error
 
@@ -98,6 +110,9 @@ class OutputStage(threading.Thread):
                     for queue in self.sink_queues:
                         queue.put(item, force=True)
                     continue
+                if item.colour is None:
+                    item.colour = self.merge(item.l8, item.ab)
+                    item.ab = None
                 if publisher:
                     publisher.write(item)
                 stages = item.header.stages
