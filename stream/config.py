@@ -104,7 +104,7 @@ class EngineConfig(Strict):
 class StateConfig(Strict):
     idle_timeout_s: float = Field(30.0, gt=0)  # free a stream's state after this long without frames
     gap_s: float = Field(1.0, gt=0)  # live: a pause this long restarts the stream's state from zero
-    scene_cut: float = Field(0.0, ge=0, le=255)  # mean L change (0-255) that counts as a cut; 0: off
+    scene_cut: float = Field(0.0, ge=0, le=1)  # cut score (0..1, stream/scenecut.py) that starts a new shot; 0: off
 
 
 class HintsConfig(Strict):

@@ -13,18 +13,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import cv2
-import numpy as np
-
 from engines.backend import Engine, StreamState
 from engines.hints import Hint
 from stream.config import HintsConfig, StateConfig
 from stream.frame import Frame
+from stream.scenecut import SceneCutDetector
 
 log = logging.getLogger("chromacast.state")
-
-THUMB_SIZE = (32, 18)  # scene-cut check on a tiny L thumbnail: cheap and blind to noise
-
 
 @dataclass
 class Slot:
@@ -32,7 +27,7 @@ class Slot:
     size: tuple[int, int]
     epoch: int
     last_used: float
-    thumb: np.ndarray | None = None
+    cuts: SceneCutDetector | None = None
 
 
 @dataclass
@@ -71,17 +66,18 @@ class StateSlots:
         now = time.monotonic()
         slot = self.slots.get(header.stream)
         hints, clear_state = self._pop_hints(header.stream)
-        thumb = self._thumbnail(frame.l8) if self.scene_cut else None
         if slot is None or slot.size != size:
-            slot = self.slots[header.stream] = Slot(self.engine.new_state(size), size, header.epoch, now)
+            cuts = SceneCutDetector(self.scene_cut) if self.scene_cut > 0 else None
+            slot = self.slots[header.stream] = Slot(self.engine.new_state(size), size, header.epoch, now, cuts)
             header.reset = True
-        elif slot.epoch != header.epoch or clear_state or self._is_cut(slot.thumb, thumb):
+        cut = slot.cuts.update(frame.l8) if slot.cuts else False
+        if not header.reset and (slot.epoch != header.epoch or clear_state or cut):
             self.engine.reset_state(slot.state)
             slot.epoch = header.epoch
             header.reset = True
         if header.reset:
             self.resets += 1
-        slot.last_used, slot.thumb = now, thumb
+        slot.last_used = now
         return slot.state, hints
 
     def end(self, stream_id: str) -> None:
@@ -122,12 +118,3 @@ class StateSlots:
             if entry.frames_left == 0:
                 entry.active.clear()
             return hints, clear
-
-    @staticmethod
-    def _thumbnail(l8: np.ndarray) -> np.ndarray:
-        return cv2.resize(l8, THUMB_SIZE, interpolation=cv2.INTER_AREA)
-
-    def _is_cut(self, before: np.ndarray | None, after: np.ndarray | None) -> bool:
-        if before is None or after is None:
-            return False
-        return float(cv2.absdiff(before, after).mean()) > self.scene_cut

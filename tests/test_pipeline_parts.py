@@ -148,7 +148,7 @@ def test_idle_streams_are_evicted(engine):
 
 
 def test_scene_cut_resets_state(engine):
-    slots = slots_for(engine, scene_cut=30)
+    slots = slots_for(engine, scene_cut=0.2)
     slots.take(frame("a", 0, value=20))
     same = frame("a", 1, value=25)
     slots.take(same)
