@@ -51,8 +51,8 @@ class Frame:
     header: FrameHeader
     image: np.ndarray
     l8: np.ndarray | None = None
-    ab: np.ndarray | None = None  # the network's low-resolution ab, until merged into `colour`
     colour: np.ndarray | None = None
+    ab: np.ndarray | None = None  # the network's low-resolution ab, until merged into `colour`
 
     @property
     def stream(self) -> str:
