@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks import analysis
 from benchmarks.stats import SEGMENT_LABELS, SEGMENTS
+from engines.evaluate import finite  # strict JSON: NaN/inf as null
 
 RESULTS = Path(__file__).parent / "results"
 SIZE_ORDER = ("480p", "720p", "1080p")
@@ -60,21 +61,8 @@ def machine_info() -> dict:
 def write_json(path: Path, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(data), indent=1) + "\n")
+    path.write_text(json.dumps(finite(data), indent=1) + "\n")
     return path
-
-
-def _finite(obj):
-    """NaN and infinities as null: strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 # --- plots --------------------------------------------------------------------------------

@@ -115,6 +115,9 @@ def export_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     ap.add_argument("--size", type=int, default=224, help="default input short side recorded in the model")
     ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="annealed-mean temperature baked into the model (default: the checkpoint's, 0.38); "
+                         "higher is safer and greyer, lower more colourful")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     try:
@@ -140,6 +143,8 @@ def export_main(argv: list[str] | None = None) -> int:
 def _load_for_export(args):
     if args.size < 32 or args.size % 32:
         raise CliError(f"--size must be a positive multiple of 32, not {args.size}")
+    if args.temperature is not None and not 0 < args.temperature <= 1:
+        raise CliError(f"--temperature must be in (0, 1], not {args.temperature}")
     if args.official:
         from engines.official import OfficialWeightsError, load_official
 
@@ -161,6 +166,8 @@ def _load_for_export(args):
 
     try:
         model = load_checkpoint(args.checkpoint)
+        if args.temperature is not None:
+            model.temperature = args.temperature
         ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CliError(f"cannot load checkpoint {args.checkpoint}: {str(exc).splitlines()[0]}") from None
