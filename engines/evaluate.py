@@ -73,7 +73,8 @@ def colorize_one(engine: Engine, l8: np.ndarray, short_side: int) -> np.ndarray:
     return engine.colorize([l8], [state])[0]
 
 
-def evaluate_images(engine: Engine, paths: list[Path], short_side: int) -> dict:
+def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_short_side: int | None = None) -> dict:
+    """`short_side`: the evaluation resolution; `net_short_side`: the network's input (default the same)."""
     rows = []
     for p in paths:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -82,7 +83,7 @@ def evaluate_images(engine: Engine, paths: list[Path], short_side: int) -> dict:
             continue
         gt = resize_short_side(img, short_side)
         l8 = colour.to_l8(gt)
-        pred, grey = colorize_one(engine, l8, short_side), grey_baseline(l8)
+        pred, grey = colorize_one(engine, l8, net_short_side or short_side), grey_baseline(l8)
         rows.append((metrics.psnr(pred, gt), metrics.psnr(grey, gt), metrics.colourfulness(pred),
                      metrics.colourfulness(gt), metrics.colourfulness(grey)))
     if not rows:
@@ -145,7 +146,8 @@ class SequenceScore:
         return out
 
 
-def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | None) -> dict:
+def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | None,
+                   net_short_side: int | None = None) -> dict:
     """Score one video frame by frame (memory stays bounded whatever its length)."""
     scores = {v: SequenceScore(with_psnr=v != "ground_truth") for v in VARIANTS}
     flow = metrics.DisFlow()
@@ -154,7 +156,7 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
     for gt in read_frames(path, short_side, limit):
         l8 = colour.to_l8(gt)
         if carried is None:
-            size = engine.network_size(l8.shape[1], l8.shape[0], short_side)
+            size = engine.network_size(l8.shape[1], l8.shape[0], net_short_side or short_side)
             carried, fresh = engine.new_state(size), engine.new_state(size)
         engine.reset_state(fresh)
         # the flow of the input frames is shared by every variant being scored
@@ -229,6 +231,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--images", type=Path, default=DATA / "images", help="folder of image dataset folders")
     ap.add_argument("--videos", type=Path, default=DATA / "videos", help="folder of colour videos")
     ap.add_argument("--short-side", type=int, default=256, help="evaluation resolution (short side, pixels)")
+    ap.add_argument("--network-short-side", type=int, default=None,
+                    help="network input short side (default: the model's own, from its metadata)")
     ap.add_argument("--json", type=Path, default=None, help="write the full report here")
     ap.add_argument("--limit", type=int, default=None, help="at most N images per dataset and N frames per video")
     ap.add_argument("--no-images", action="store_true", help="skip the image datasets")
@@ -239,23 +243,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     if args.short_side < 32:
         raise EvalError("--short-side must be at least 32")
+    if args.network_short_side is not None and args.network_short_side < 32:
+        raise EvalError("--network-short-side must be at least 32")
     if not args.no_images and not args.images.is_dir():
         raise EvalError(f"image folder not found: {args.images} (use --images DIR or --no-images)")
     if not args.no_videos and not args.videos.is_dir():
         raise EvalError(f"video folder not found: {args.videos} (use --videos DIR or --no-videos)")
     engine = open_engine(args.model, kind=args.engine)
     started = time.time()
+    net = args.network_short_side or engine.info.default_short_side
     report: dict = {"model": str(args.model or DEFAULT_MODEL), "engine": engine.name, "short_side": args.short_side,
-                    "images": {}, "videos": {}}
+                    "network_short_side": net, "images": {}, "videos": {}}
     try:
         if not args.no_images:
             for name, paths in image_datasets(args.images).items():
                 log.info("images: %s (%d)", name, min(len(paths), args.limit or len(paths)))
-                report["images"][name] = evaluate_images(engine, paths[:args.limit], args.short_side)
+                report["images"][name] = evaluate_images(engine, paths[:args.limit], args.short_side, net)
         if not args.no_videos:
             for path in sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTS):
                 log.info("video: %s", path.name)
-                report["videos"][path.stem] = evaluate_video(engine, path, args.short_side, args.limit)
+                report["videos"][path.stem] = evaluate_video(engine, path, args.short_side, args.limit, net)
             report["video_mean"] = mean_over(report["videos"])
     finally:
         engine.close()

@@ -82,6 +82,9 @@ class ColorNet(nn.Module):
         self.dec4 = conv_bn_relu(width + c[4] + 3, width)
         self.head = nn.Conv2d(width, len(bins), 1)
         self.register_buffer("bins", torch.as_tensor(bins, dtype=torch.float32))
+        # added to the logits before decoding; export sets it to -log(rebalancing weight) so the
+        # decoded distribution is the calibrated one rather than the rebalanced one trained for
+        self.register_buffer("logit_bias", torch.zeros(len(bins)), persistent=False)
         self.temperature = temperature
 
     def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -115,7 +118,7 @@ class ColorNet(nn.Module):
         t = self.temperature if temperature is None else temperature
         # bins last: softmax over the innermost axis and a plain matmul run far faster in
         # ONNX Runtime than a channel softmax and an einsum (same numbers)
-        p = torch.softmax(logits.float().permute(0, 2, 3, 1) / t, dim=-1)
+        p = torch.softmax((logits.float().permute(0, 2, 3, 1) + self.logit_bias) / t, dim=-1)
         return (p @ self.bins).permute(0, 3, 1, 2)
 
     def forward(self, L: torch.Tensor, hint_ab: torch.Tensor, hint_mask: torch.Tensor,

@@ -118,6 +118,9 @@ def export_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=None,
                     help="annealed-mean temperature baked into the model (default: the checkpoint's, 0.38); "
                          "higher is safer and greyer, lower more colourful")
+    ap.add_argument("--prior-correction", type=float, default=0.0,
+                    help="0..1: how far to undo the class rebalancing at decoding (logits - s*log w); "
+                         "1 decodes the calibrated colour distribution (higher PSNR, less vivid)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     try:
@@ -145,6 +148,8 @@ def _load_for_export(args):
         raise CliError(f"--size must be a positive multiple of 32, not {args.size}")
     if args.temperature is not None and not 0 < args.temperature <= 1:
         raise CliError(f"--temperature must be in (0, 1], not {args.temperature}")
+    if not 0 <= args.prior_correction <= 1:
+        raise CliError(f"--prior-correction must be in [0, 1], not {args.prior_correction}")
     if args.official:
         from engines.official import OfficialWeightsError, load_official
 
@@ -169,12 +174,17 @@ def _load_for_export(args):
         if args.temperature is not None:
             model.temperature = args.temperature
         ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        if args.prior_correction:
+            from training.losses import rebalance_weights
+
+            weights = torch.as_tensor(rebalance_weights(ck["prior"]), dtype=torch.float32)
+            model.logit_bias = -args.prior_correction * weights.log()
     except Exception as exc:
         raise CliError(f"cannot load checkpoint {args.checkpoint}: {str(exc).splitlines()[0]}") from None
     cfg = ck.get("config", {})
     meta = {"model": "chromacast", "decoder": "annealed-mean", "bins": str(len(ck["bins"])),
             "training_step": str(ck.get("step")), "training_crop": str(cfg.get("crop")),
-            "hints": "used", "recurrent": "convgru"}
+            "hints": "used", "recurrent": "convgru", "prior_correction": str(args.prior_correction)}
     if ck.get("elapsed_s") is not None:
         meta["training_minutes"] = f"{ck['elapsed_s'] / 60:.0f}"
     return model, meta
