@@ -134,3 +134,23 @@ def test_onnx_matches_pytorch_with_state_and_hints(tmp_path: Path):
                               "state": states[-2]})[0]
     assert np.abs(no_state - ab).max() > 1e-4
     assert np.abs(no_hint[0] - ab[0]).max() > 1e-4
+
+
+def test_export_decoding_options_change_the_colours(trained: Path, tmp_path: Path):
+    """--prior-correction undoes the class rebalancing and --temperature anneals: both are baked
+    into the exported graph and change what a user gets (here: less extreme chroma)."""
+    rng = np.random.default_rng(1)
+    l8 = to_l8(colour_texture(64, 96, rng))
+    chroma = {}
+    for name, extra in [("plain", []), ("calibrated", ["--prior-correction", "1"]),
+                        ("mean", ["--temperature", "1"])]:
+        out = tmp_path / f"{name}.onnx"
+        assert export_main(["--checkpoint", str(trained), "--out", str(out), "--size", "64", *extra]) == 0
+        engine = open_engine(out, "onnxruntime", threads=1)
+        state = engine.new_state(engine.network_size(96, 64))
+        ab = engine.predict([l8], [state])
+        chroma[name] = float(np.hypot(ab[0, 0], ab[0, 1]).mean())
+    assert chroma["calibrated"] != pytest.approx(chroma["plain"], abs=1e-3)
+    assert chroma["mean"] != pytest.approx(chroma["plain"], abs=1e-3)
+    assert export_main(["--checkpoint", str(trained), "--out", str(tmp_path / "x.onnx"),
+                        "--prior-correction", "2"]) == 1
