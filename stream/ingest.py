@@ -4,7 +4,8 @@ the full-resolution L plane and hands them to the engine's queue for that stream
 Live sources (webcam, RTSP, or a file with `realtime: true`) never wait for the engine:
 their queue drops the oldest frame and counts it, so latency stays bounded. A lost camera is
 reopened with bounded exponential backoff; after `give_up_after_s` without it the stream
-ends cleanly. File sources block on a full queue (backpressure) and never drop.
+ends cleanly. A camera that was not up when the pipeline opened starts out disconnected
+and is connected the same way. File sources block on a full queue (backpressure) and never drop.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from engines.colour import to_l8
 from stream.config import SourceConfig, StateConfig
 from stream.frame import Frame, FrameHeader, StreamEnd, now_ns
 from stream.queues import BoundedQueue, QueueClosed
-from stream.sources import Capture, CaptureLost, SourceError, open_capture
+from stream.sources import Capture, CaptureLost, Disconnected, SourceError, open_capture
 from stream.stats import Stats
 
 log = logging.getLogger("chromacast.ingest")
@@ -64,7 +65,7 @@ class SourceWorker(threading.Thread):
     @property
     def connected(self) -> bool:
         """False while a lost live camera is being reconnected."""
-        return not isinstance(self.capture, _ClosedCapture)
+        return not isinstance(self.capture, Disconnected)
 
     @property
     def stopping(self) -> bool:
@@ -91,10 +92,13 @@ class SourceWorker(threading.Thread):
             try:
                 image = self.capture.read()
             except CaptureLost as exc:
-                log.warning("%s: camera lost (%s); reconnecting", self.stream_id, exc)
-                if not self._reconnect():
+                first = seq == 0 and isinstance(self.capture, Disconnected)
+                if not first:
+                    log.warning("%s: camera lost (%s); reconnecting", self.stream_id, exc)
+                if not self._reconnect(first):
                     return "" if self.stopping else (
-                        f"camera did not come back within {config.reconnect.give_up_after_s:g} s")
+                        f"camera did not {'come up' if first else 'come back'} within "
+                        f"{config.reconnect.give_up_after_s:g} s")
                 epoch += 1
                 continue
             finally:
@@ -175,18 +179,19 @@ class SourceWorker(threading.Thread):
         self._retire_capture()
         self.capture = open_capture(self.config)
 
-    def _reconnect(self) -> bool:
-        """Reopen a lost live capture with doubling delays; False if it stays away too long."""
+    def _reconnect(self, first: bool = False) -> bool:
+        """Reopen a lost live capture (or open one not up at start: `first`) with doubling
+        delays; False if it stays away too long."""
         policy = self.config.reconnect
         self._retire_capture()
-        self.capture = _ClosedCapture()
+        self.capture = Disconnected(self.fps)
         lost_at, delay, attempt = time.monotonic(), policy.initial_delay_s, 0
         while True:
             waited = time.monotonic() - lost_at
             left = None if policy.give_up_after_s is None else policy.give_up_after_s - waited
             if left is not None and left <= 0:
-                log.error("%s: camera did not come back within %g s; ending the stream",
-                          self.stream_id, policy.give_up_after_s)
+                log.error("%s: camera did not %s within %g s; ending the stream",
+                          self.stream_id, "come up" if first else "come back", policy.give_up_after_s)
                 return False
             if self._stop_event.wait(delay if left is None else min(delay, left)):
                 return False
@@ -197,14 +202,13 @@ class SourceWorker(threading.Thread):
                 log.info("%s: reconnect attempt %d failed: %s", self.stream_id, attempt, exc)
                 delay = min(delay * 2, policy.max_delay_s)
                 continue
+            self.fps = self.capture.fps
+            if first:
+                log.warning("%s: camera connected after %.1f s (attempt %d)", self.stream_id,
+                            time.monotonic() - lost_at, attempt)
+                return True
             self.stats.reconnects += 1
             log.warning("%s: reconnected after %.1f s (attempt %d)", self.stream_id,
                         time.monotonic() - lost_at, attempt)
             return True
 
-
-class _ClosedCapture(Capture):
-    """Stands in while a live source is disconnected."""
-
-    def read(self):
-        raise CaptureLost("not connected")

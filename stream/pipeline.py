@@ -24,7 +24,7 @@ from stream.config import PipelineConfig
 from stream.ingest import SourceWorker
 from stream.queues import BoundedQueue, Overflow
 from stream.sinks.base import SinkError, SinkWorker
-from stream.sources import SourceError, open_capture
+from stream.sources import Disconnected, SourceError, open_capture
 from stream.stages import EngineStage, OutputStage
 from stream.state import StateSlots
 from stream.stats import Stats
@@ -33,7 +33,8 @@ log = logging.getLogger("chromacast.pipeline")
 
 ENGINE_OUT_QUEUE = 4
 WINDOW_QUEUE = 2
-SOURCE_STOP_GRACE_S = 2.0  # then a source stuck in a read is ended for it
+SOURCE_STOP_GRACE_S = 2.0
+LIVE_CAMERAS = ("webcam", "rtsp")  # then a source stuck in a read is ended for it
 
 
 class PipelineError(RuntimeError):
@@ -74,17 +75,14 @@ class Pipeline:
                 reason = display_unavailable_reason()
                 if reason:
                     raise SinkError(f"window: {reason}")
-            captures = []
-            for source_cfg in cfg.sources:
-                captures.append(open_capture(source_cfg))
-                self._captures = captures  # closed by close() if a later step fails
+            self._captures = self._open_captures()
             if self.engine is None:
                 self.engine = open_engine(cfg.engine.model, cfg.engine.kind, threads=cfg.engine.threads,
                                short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch)
             self.slots = StateSlots(self.engine, cfg.engine.short_side, cfg.state, cfg.hints)
             max_wait = None if cfg.engine.max_wait_ms is None else cfg.engine.max_wait_ms / 1000
             self.batcher = Batcher(self.slots.network_size, cfg.engine.max_batch, max_wait)
-            for source_cfg, capture in zip(cfg.sources, captures):
+            for source_cfg, capture in zip(cfg.sources, self._captures):
                 self._add_source(source_cfg, capture)
             self._open_sinks()
         except (EngineError, SourceError, SinkError) as exc:
@@ -92,6 +90,31 @@ class Pipeline:
             raise PipelineError(str(exc)) from None
         self._opened = True
         return self
+
+    def _open_captures(self) -> list:
+        """Every input, opened. A live camera that is not up yet waits under its reconnect
+        policy while the other inputs run; if no input opens at all, the first error stands."""
+        captures, waiting = [], []
+        try:
+            for source_cfg in self.config.sources:
+                try:
+                    captures.append(open_capture(source_cfg))
+                except SourceError as exc:
+                    if source_cfg.kind not in LIVE_CAMERAS:
+                        raise
+                    waiting.append((source_cfg, exc))
+                    captures.append(Disconnected(source_cfg.fps))
+            if waiting and len(waiting) == len(captures):
+                raise waiting[0][1]
+        except SourceError:
+            for capture in captures:
+                capture.close()
+            raise
+        for source_cfg, exc in waiting:
+            give_up = source_cfg.reconnect.give_up_after_s
+            log.warning("%s: %s; retrying %s", source_cfg.id, exc,
+                        "until it comes up" if give_up is None else f"for up to {give_up:g} s")
+        return captures
 
     def _add_source(self, source_cfg, capture) -> None:
         stream_stats = self.stats.stream(source_cfg.id)

@@ -55,6 +55,16 @@ class Capture(ABC):
         pass
 
 
+class Disconnected(Capture):
+    """Stands in for a live camera that is not connected (lost, or not up yet at start)."""
+
+    def __init__(self, fps: float | None = None):
+        self.fps = float(fps or DEFAULT_FPS)
+
+    def read(self):
+        raise CaptureLost("not connected")
+
+
 def open_capture(config: SourceConfig) -> Capture:
     kind = config.kind
     if kind == "file":

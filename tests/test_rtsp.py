@@ -10,7 +10,7 @@ import pytest
 
 from conftest import free_port, make_config, write_video
 from stream import protocol
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, PipelineError
 from stream.subscribers import Subscriber
 
 pytestmark = pytest.mark.rtsp
@@ -105,6 +105,41 @@ def test_restarted_camera_reconnects_while_other_stream_goes_on(rtsp_server, eng
     assert cam_seqs == sorted(cam_seqs)  # one sequence across the reconnect
     steady_seqs = [h.seq for stream, h in log if stream == "steady"]
     assert steady_seqs == sorted(steady_seqs) and steady_after > 0
+
+
+def test_camera_down_at_start_is_connected_later_while_other_stream_runs(rtsp_server, engine, tmp_path,
+                                                                         caplog):
+    rtsp_server.kill()
+    steady = write_video(tmp_path / "steady.mp4", frames=25, width=96, height=64, fps=25)
+    config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": RECONNECT},
+                          {"id": "steady", "file": str(steady), "realtime": True, "loop": True}],
+                         publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
+    with caplog.at_level("WARNING", logger="chromacast"):
+        pipeline, subscriber = start(config, engine)
+    log: list = []
+    try:
+        receive_until(subscriber, lambda log: counts(log).get("steady", 0) >= 10, 60, log)
+        assert counts(log).get("cam", 0) == 0
+        rtsp_server.start()
+        receive_until(subscriber, lambda log: counts(log).get("cam", 0) >= 5, 60, log)
+    finally:
+        pipeline.request_stop()
+        assert pipeline.wait(30)
+        pipeline.close()
+        subscriber.close()
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: cannot open RTSP")]
+    assert waiting and "retrying for up to 60 s" in waiting[0]
+    stats = pipeline.stats.streams["cam"]
+    assert stats.ended == "" and stats.reconnects == 0
+    cam_seqs = [h.seq for stream, h in log if stream == "cam"]
+    assert cam_seqs[0] == 0 and cam_seqs == sorted(cam_seqs)
+
+
+def test_only_camera_down_at_start_is_an_error(engine):
+    config = make_config([{"id": "cam", "rtsp": f"rtsp://127.0.0.1:{free_port()}/none", "reconnect": RECONNECT}],
+                         publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
+    with pytest.raises(PipelineError, match="cannot open RTSP stream"):
+        Pipeline(config, engine).open()
 
 
 def test_camera_that_never_returns_ends_its_stream(rtsp_server, engine):

@@ -97,6 +97,8 @@ def _check_inputs(cfg) -> None:
 
     if not cfg.images.is_dir():
         raise CliError(f"training image folder not found: {cfg.images}")
+    if cfg.init_from and not cfg.init_from.is_file():
+        raise CliError(f"init_from checkpoint not found: {cfg.init_from}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"device {cfg.device!r} requested but CUDA is not available to torch")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

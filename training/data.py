@@ -1,8 +1,10 @@
 """Training sequences: colour stills turned into pseudo-video, and real colour clips.
 
 Every sample is a short sequence of T frames (Lab, float32) so the recurrent state
-learns to carry colour; stills move by a smooth random affine whose exact
-frame-to-frame warp is returned, which the temporal-consistency loss uses.
+learns to carry colour. Each frame t > 0 comes with where its pixels were in frame
+t-1 (a sampling grid) and which of them can be trusted, for the temporal-consistency
+loss: exact for stills moved by a smooth random affine, DIS optical flow with the
+forward–backward occlusion check for real clips (the check the eval's E_warp uses).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import cv2
 import numpy as np
 
 from engines.colour import bgr_to_lab_float
+from engines.metrics import DisFlow
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
@@ -67,8 +70,8 @@ def load_clips(folder: Path, short: int, max_frames: int = 400) -> list[np.ndarr
 @dataclass
 class Batch:
     lab: np.ndarray  # B×T×3×S×S float32 (L in [0,100], ab in Lab units)
-    warp: np.ndarray  # B×T×2×3 float32: affine in normalised coords, frame t → frame t-1
-    warp_valid: np.ndarray  # B bool: True where the warp is exact (pseudo-video)
+    grid: np.ndarray  # B×T×S×S×2 float32: where frame t's pixels were in frame t-1 (grid_sample coords)
+    trust: np.ndarray  # B×T×S×S float32: 1 where that position is known (in frame, not occluded)
 
 
 class SequenceSampler:
@@ -78,20 +81,32 @@ class SequenceSampler:
         self.crop, self.steps = crop, steps
         self.video_fraction = video_fraction if clips else 0.0
         self.rng = np.random.default_rng(seed)
+        self.flow = DisFlow(cv2.DISOPTICAL_FLOW_PRESET_FAST)
 
     def batch(self, size: int) -> Batch:
-        lab = np.empty((size, self.steps, 3, self.crop, self.crop), np.float32)
-        warp = np.zeros((size, self.steps, 2, 3), np.float32)
-        valid = np.zeros(size, bool)
+        s = self.crop
+        lab = np.empty((size, self.steps, 3, s, s), np.float32)
+        grid = np.zeros((size, self.steps, s, s, 2), np.float32)
+        trust = np.zeros((size, self.steps, s, s), np.float32)
         for i in range(size):
             if self.rng.random() < self.video_fraction:
                 frames = self._clip_sequence()
+                for t in range(1, self.steps):
+                    grid[i, t], trust[i, t] = self._flow_back(frames[t], frames[t - 1])
             else:
-                frames, warp[i] = self._still_sequence()
-                valid[i] = True
+                frames, warps = self._still_sequence()
+                for t in range(1, self.steps):
+                    grid[i, t], trust[i, t] = affine_grid(warps[t], s)
             for t, f in enumerate(frames):
                 lab[i, t] = bgr_to_lab_float(f).transpose(2, 0, 1)
-        return Batch(lab, warp, valid)
+        return Batch(lab, grid, trust)
+
+    def _flow_back(self, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grey = [np.ascontiguousarray(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)) for f in (cur, prev)]
+        pair = self.flow.pair(*grey)
+        s = self.crop
+        pos = np.stack([(2 * pair.map_x + 1) / s - 1, (2 * pair.map_y + 1) / s - 1], -1)
+        return pos.astype(np.float32), pair.valid.astype(np.float32)
 
     def _clip_sequence(self) -> list[np.ndarray]:
         clip = self.clips[self.rng.integers(len(self.clips))]
@@ -139,3 +154,12 @@ def frame_to_image(size: int, zoom: float, angle: float, cx: float, cy: float) -
     c, s = math.cos(angle) * zoom, math.sin(angle) * zoom
     half = (size - 1) / 2
     return np.array([[c, -s, cx - c * half + s * half], [s, c, cy - s * half - c * half], [0, 0, 1]])
+
+
+def affine_grid(theta: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling grid of a 2×3 affine in normalised coordinates (align_corners=False), and in-frame mask."""
+    c = (2 * np.arange(size, dtype=np.float32) + 1) / size - 1
+    x, y = np.meshgrid(c, c)
+    pos = np.stack([theta[0, 0] * x + theta[0, 1] * y + theta[0, 2],
+                    theta[1, 0] * x + theta[1, 1] * y + theta[1, 2]], -1).astype(np.float32)
+    return pos, (np.abs(pos) <= 1).all(-1).astype(np.float32)

@@ -44,19 +44,16 @@ def rebalanced_ce(logits: torch.Tensor, target: torch.Tensor, nearest: torch.Ten
     return (weights[nearest] * ce).mean()
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample x (frame t-1) at the positions given by theta (frame t → t-1); also the in-frame mask."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = (grid.abs() <= 1).all(-1, keepdim=True).permute(0, 3, 1, 2).float()
-    return out, inside
+def temporal_loss(ab_now: torch.Tensor, ab_prev: torch.Tensor, grid: torch.Tensor,
+                  trust: torch.Tensor) -> torch.Tensor:
+    """Mean |ab_t - ab_{t-1} sampled where frame t's pixels were|, in units of 10 Lab.
 
-
-def temporal_loss(ab_now: torch.Tensor, ab_prev: torch.Tensor, theta: torch.Tensor,
-                  valid: torch.Tensor) -> torch.Tensor:
-    """Mean |ab_t - warp(ab_{t-1})| in units of 10 Lab, over in-frame pixels of exact-warp samples."""
-    if not valid.any():
-        return ab_now.new_zeros(())
-    prev, inside = warp(ab_prev[valid], theta[valid])
-    diff = (ab_now[valid] - prev).abs().mean(1, keepdim=True) * inside
-    return diff.sum() / inside.sum().clamp(min=1) / 10.0
+    grid (B×S×S×2) and trust (B×S×S) are at input resolution; the ab maps may be smaller
+    (the head's stride): the grid is averaged and the trust min-pooled down to them."""
+    k = grid.shape[1] // ab_now.shape[-2]
+    if k > 1:
+        grid = F.avg_pool2d(grid.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
+        trust = -F.max_pool2d(-trust[:, None], k)[:, 0]
+    prev = F.grid_sample(ab_prev, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    w = trust[:, None]
+    return ((ab_now - prev).abs().mean(1, keepdim=True) * w).sum() / w.sum().clamp(min=1) / 10.0

@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(6e-4, gt=0)
     weight_decay: float = 1e-4
     temporal_weight: float = Field(0.5, ge=0)
+    # the previous frame's colours are already on screen: the temporal loss moves only the
+    # current frame toward them, which teaches the state to carry them
+    temporal_previous_fixed: bool = True
     hint_probability: float = Field(0.5, ge=0, le=1)
     state_channels: int = Field(32, ge=1)
     width: int = Field(64, ge=8)
@@ -48,6 +51,7 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
+    init_from: Path | None = None  # weights (and colour prior) to start from when OUT has no checkpoint
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
@@ -123,6 +127,12 @@ def train(cfg: TrainConfig) -> Path:
         sampler.rng = np.random.default_rng(cfg.seed + step)
         rng = np.random.default_rng(cfg.seed + step + 1)
         log.info("resumed from %s at step %d", ckpt_path, step)
+    elif cfg.init_from:
+        ck = torch.load(cfg.init_from, map_location=dev, weights_only=False)
+        model.load_state_dict(ck["model"])
+        prior = ck["prior"]
+        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+        log.info("starting from the weights of %s (step %d there)", cfg.init_from, ck["step"])
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -152,8 +162,8 @@ def train(cfg: TrainConfig) -> Path:
             g["lr"] = lr
         batch = sampler.batch(cfg.batch_size)
         lab = torch.as_tensor(batch.lab, device=dev)
-        theta = torch.as_tensor(batch.warp, device=dev)
-        valid = torch.as_tensor(batch.warp_valid, device=dev)
+        grid = torch.as_tensor(batch.grid, device=dev)
+        trust = torch.as_tensor(batch.trust, device=dev)
         b, t_len, _, s, _ = lab.shape
         state = model.zero_state(b, s, s).to(dev)
         hint, mask = simulate_hints(lab[:, 0, 1:].cpu(), rng, cfg.hint_probability)
@@ -169,8 +179,8 @@ def train(cfg: TrainConfig) -> Path:
             ce_total = ce_total + rebalanced_ce(logits, target, nearest, weights)
             ab = model.decode(logits)
             if prev_ab is not None and cfg.temporal_weight > 0:
-                tl_total = tl_total + temporal_loss(ab, prev_ab, theta[:, t], valid)
-            prev_ab = ab
+                tl_total = tl_total + temporal_loss(ab, prev_ab, grid[:, t], trust[:, t])
+            prev_ab = ab.detach() if cfg.temporal_previous_fixed else ab
         loss = (ce_total + cfg.temporal_weight * tl_total) / t_len
         opt.zero_grad(set_to_none=True)
         loss.backward()
