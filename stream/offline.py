@@ -23,7 +23,8 @@ from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
 from stream.hintsfile import HintsError, HintsFile, load_hints
 from stream.imagefile import ImageFileError, colorize_image, is_image
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD
-from stream.videofile import EncodeSettings, VideoFileError
+from stream.videoencode import EncodeSettings
+from stream.videofile import VideoFileError
 from stream.videojob import SEGMENT_FRAMES, VideoJobOptions, colorize_video
 from stream.workfolder import WorkFolderError, work_folder_for
 

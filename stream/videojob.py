@@ -23,8 +23,9 @@ from engines.colour import to_l8
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
-from stream.videofile import (DecodedFrame, EncodePlan, EncodeSettings, SegmentEncoder, SegmentTiming, VideoFileError,
-                              VideoInfo, VideoReader, concatenate, plan_encoding)
+from stream.videoencode import EncodePlan, EncodeSettings, SegmentEncoder, plan_encoding
+from stream.videofile import DecodedFrame, VideoFileError, VideoInfo, VideoReader
+from stream.videomux import SegmentTiming, concatenate
 from stream.workfolder import SegmentRecord, WorkFolder, partial_name
 
 log = logging.getLogger("chromacast.colorize")

@@ -149,7 +149,8 @@ def test_segment_encoding_repeats_exactly(tmp_path):
 
     import av
 
-    from stream.videofile import EncodeSettings, SegmentEncoder, VideoInfo, plan_encoding
+    from stream.videoencode import EncodeSettings, SegmentEncoder, plan_encoding
+    from stream.videofile import VideoInfo
 
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs glibc's heap (Linux) to make freed memory dirty")
