@@ -67,6 +67,38 @@ def test_training_resumes_step_count(train_data: Path, trained: Path):
     assert moved, "resumed training did not update the weights"
 
 
+def test_fine_tune_starts_from_other_weights(train_data: Path, trained: Path, tmp_path: Path):
+    cfg = yaml.safe_load((train_data / "config.yaml").read_text())
+    cfg.update(out=str(tmp_path / "tuned"), init_from=str(trained), lr=1e-12)
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(tmp_path / "tune.yaml"), "--steps", "1"]) == 0
+    start = torch.load(trained, map_location="cpu", weights_only=False)
+    tuned = torch.load(tmp_path / "tuned" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert tuned["step"] == 1  # a new run, not a resume
+    assert torch.allclose(tuned["model"]["head.weight"], start["model"]["head.weight"], atol=1e-6)
+    assert np.array_equal(tuned["prior"], start["prior"])
+
+
+def test_clip_flow_grid_lines_frames_up(train_data: Path):
+    """The grid from DIS flow on a real (panning) clip must map each frame onto the previous
+    one far better than leaving it in place: that is what the temporal loss relies on."""
+    from training.data import SequenceSampler, load_clips
+    from training.losses import temporal_loss
+
+    clips = load_clips(train_data / "videos", 96)
+    sampler = SequenceSampler([], clips, 64, 3, video_fraction=1.0)
+    batch = sampler.batch(4)
+    ab = torch.as_tensor(batch.lab[:, :, 1:])
+    grid, trust = torch.as_tensor(batch.grid), torch.as_tensor(batch.trust)
+    identity = torch.as_tensor(np.stack(np.meshgrid(*[(2 * np.arange(64) + 1) / 64 - 1] * 2), -1),
+                               dtype=torch.float32).expand_as(grid[:, 1])
+    for t in (1, 2):
+        assert trust[:, t].mean() > 0.5
+        aligned = temporal_loss(ab[:, t], ab[:, t - 1], grid[:, t], trust[:, t])
+        unaligned = temporal_loss(ab[:, t], ab[:, t - 1], identity, trust[:, t])
+        assert aligned < 0.5 * unaligned, (aligned, unaligned)
+
+
 def test_train_bad_input_is_one_line(tmp_path: Path, capsys):
     assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 1
     err = capsys.readouterr().err.strip()
