@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
@@ -19,15 +21,24 @@ RECONNECT = {"initial_delay_s": 0.2, "max_delay_s": 1.0, "give_up_after_s": 60, 
              "read_timeout_s": 3}
 
 
-def start(config, engine) -> tuple[Pipeline, Subscriber]:
+@contextmanager
+def running(config, engine) -> Iterator[tuple[Pipeline, Subscriber]]:
+    """An open, started pipeline with a subscriber already attached; stopped and closed after."""
     pipeline = Pipeline(config, engine).open()
     subscriber = Subscriber(pipeline.endpoint)
-    for _ in range(200):  # wait until the subscription has reached the publisher
-        pipeline.publisher.send(protocol.encode_end("probe"))
-        if subscriber.receive(0.05) is not None:
-            break
-    pipeline.start()
-    return pipeline, subscriber
+    try:
+        for _ in range(200):  # wait until the subscription has reached the publisher
+            pipeline.publisher.send(protocol.encode_end("probe"))
+            if subscriber.receive(0.05) is not None:
+                break
+        pipeline.start()
+        yield pipeline, subscriber
+    finally:
+        pipeline.request_stop()
+        stopped = pipeline.wait(30)
+        pipeline.close()
+        subscriber.close()
+    assert stopped, "the pipeline did not stop"
 
 
 def receive_until(subscriber: Subscriber, done, timeout_s: float, log: list) -> None:
@@ -50,15 +61,9 @@ def counts(log: list) -> dict[str, int]:
 def test_rtsp_frames_flow(rtsp_server, engine):
     config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": RECONNECT}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
-    pipeline, subscriber = start(config, engine)
     log: list = []
-    try:
+    with running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: len(log) >= 15, 60, log)
-    finally:
-        pipeline.request_stop()
-        assert pipeline.wait(30)
-        pipeline.close()
-        subscriber.close()
     seqs = [h.seq for _, h in log]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert all((h.width, h.height) == (160, 120) and h.fps == 25 for _, h in log)
@@ -71,9 +76,8 @@ def test_restarted_camera_reconnects_while_other_stream_goes_on(rtsp_server, eng
     config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": RECONNECT},
                           {"id": "steady", "file": str(steady), "realtime": True, "loop": True}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
-    pipeline, subscriber = start(config, engine)
     log: list = []
-    try:
+    with running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: counts(log).get("cam", 0) >= 10, 60, log)
         rtsp_server.kill()
         killed_at = len(log)
@@ -92,11 +96,6 @@ def test_restarted_camera_reconnects_while_other_stream_goes_on(rtsp_server, eng
         restarted_at = len(log)
         receive_until(subscriber, lambda log: counts(log[restarted_at:]).get("cam", 0) >= 5, 60, log)
         steady_after = counts(log[restarted_at:]).get("steady", 0)
-    finally:
-        pipeline.request_stop()
-        assert pipeline.wait(30)
-        pipeline.close()
-        subscriber.close()
     stats = pipeline.stats.streams["cam"]
     assert stats.reconnects >= 1 and stats.ended == ""
     cam_after = [h for stream, h in log[restarted_at:] if stream == "cam"]
@@ -114,19 +113,12 @@ def test_camera_down_at_start_is_connected_later_while_other_stream_runs(rtsp_se
     config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": RECONNECT},
                           {"id": "steady", "file": str(steady), "realtime": True, "loop": True}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
-    with caplog.at_level("WARNING", logger="chromacast"):
-        pipeline, subscriber = start(config, engine)
     log: list = []
-    try:
+    with caplog.at_level("WARNING", logger="chromacast"), running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: counts(log).get("steady", 0) >= 10, 60, log)
         assert counts(log).get("cam", 0) == 0
         rtsp_server.start()
         receive_until(subscriber, lambda log: counts(log).get("cam", 0) >= 5, 60, log)
-    finally:
-        pipeline.request_stop()
-        assert pipeline.wait(30)
-        pipeline.close()
-        subscriber.close()
     waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: cannot open RTSP")]
     assert waiting and "retrying for up to 60 s" in waiting[0]
     stats = pipeline.stats.streams["cam"]
@@ -146,17 +138,11 @@ def test_camera_that_never_returns_ends_its_stream(rtsp_server, engine):
     reconnect = dict(RECONNECT, give_up_after_s=1.5)
     config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": reconnect}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
-    pipeline, subscriber = start(config, engine)
     log: list = []
-    try:
+    with running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: len(log) >= 5, 60, log)
         rtsp_server.kill()
         assert pipeline.wait(30), "the pipeline did not end after the camera stayed away"
-    finally:
-        pipeline.request_stop()
-        pipeline.wait(30)
-        pipeline.close()
-        subscriber.close()
     assert "did not come back within 1.5 s" in pipeline.stats.streams["cam"].ended
 
 
@@ -164,9 +150,8 @@ def test_stalled_camera_is_reconnected(rtsp_server, engine):
     reconnect = dict(RECONNECT, read_timeout_s=1.0, open_timeout_s=2.0)
     config = make_config([{"id": "cam", "rtsp": rtsp_server.url, "reconnect": reconnect}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
-    pipeline, subscriber = start(config, engine)
     log: list = []
-    try:
+    with running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: len(log) >= 5, 60, log)
         rtsp_server.process.send_signal(signal.SIGSTOP)  # alive but silent: a stalled camera
         try:
@@ -178,11 +163,6 @@ def test_stalled_camera_is_reconnected(rtsp_server, engine):
             rtsp_server.process.send_signal(signal.SIGCONT)
         resumed_at = len(log)
         receive_until(subscriber, lambda log: len(log) - resumed_at >= 5, 60, log)
-    finally:
-        pipeline.request_stop()
-        assert pipeline.wait(30)
-        pipeline.close()
-        subscriber.close()
     assert pipeline.stats.streams["cam"].reconnects >= 1
     assert any(h.reset for _, h in log[resumed_at:])
 
