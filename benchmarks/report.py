@@ -354,7 +354,7 @@ def _quality_section(quality: dict | None) -> list[str]:
     mean = quality.get("video_mean") or {}
     if mean.get("state_on"):
         lines += ["", "| videos (mean) | E_warp(DIS) x1e3 | CDC x1e3 | PSNR dB |", "|---|---|---|---|"]
-        for variant in ("state_on", "state_off", "grey", "ground_truth"):
+        for variant in ("state_on", "state_off", "grey", "ground_truth", "carried"):
             r = mean.get(variant) or {}
             lines.append(f"| {variant.replace('_', ' ')} | {_f(r.get('ewarp') and r['ewarp'] * 1e3, '.3f')} | "
                          f"{_f(r.get('cdc') and r['cdc'] * 1e3, '.3f')} | {_f(r.get('psnr'), '.2f')} |")

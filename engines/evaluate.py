@@ -8,6 +8,12 @@ Images (one dataset per subfolder): PSNR, colourfulness and its gap to the groun
 truth's. Videos: the same per frame, plus E_warp(DIS) and CDC (engines/metrics.py)
 with the recurrent state carried from frame to frame ("state on") and reset before
 every frame ("state off"), for the grey baseline and for the ground truth itself.
+
+The videos also score a reference that no model can beat on E_warp: the first output
+frame's colours copied along the input's own optical flow to every later frame
+("carried"; on the current L). Its E_warp is the floor that the L channel alone sets,
+so `flicker_left` = (on − carried) / (off − carried) is the share of the per-frame
+model's colour flicker that the state leaves; `ewarp_ratio` = on / off includes the floor.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ log = logging.getLogger("chromacast.eval")
 DATA = Path("../shared/data/eval")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
-VARIANTS = ("state_on", "state_off", "grey", "ground_truth")
+VARIANTS = ("state_on", "state_off", "grey", "ground_truth", "carried")
 
 
 class EvalError(RuntimeError):
@@ -92,6 +98,13 @@ def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_shor
     return {"count": len(rows), "psnr": psnr, "psnr_grey": psnr_grey, "colourfulness": cf,
             "colourfulness_gt": cf_gt, "colourfulness_grey": cf_grey,
             "colourfulness_gap": abs(cf_gt - cf), "colourfulness_ratio": cf / cf_gt if cf_gt > 0 else None}
+
+
+def carry_colours(previous: np.ndarray, l8: np.ndarray, pair: metrics.FlowPair) -> np.ndarray:
+    """The previous output's ab moved along the flow onto the current frame, with its L."""
+    ab = cv2.cvtColor(previous, cv2.COLOR_BGR2Lab)[..., 1:]
+    ab = cv2.remap(ab, pair.back_x, pair.back_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.cvtColor(np.dstack((l8, ab)), cv2.COLOR_Lab2BGR)
 
 
 def read_frames(path: Path, short_side: int, limit: int | None) -> Iterator[np.ndarray]:
@@ -164,6 +177,7 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
         outputs = {"state_on": engine.colorize([l8], [carried])[0],
                    "state_off": engine.colorize([l8], [fresh])[0],
                    "grey": grey_baseline(l8), "ground_truth": gt}
+        outputs["carried"] = outputs["state_on"] if pair is None else carry_colours(scores["carried"].prev, l8, pair)
         for v, frame in outputs.items():
             scores[v].add(frame, pair, gt)
         prev_l8, frames = l8, frames + 1
@@ -171,9 +185,15 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
     if frames < 2:
         return result
     result.update({v: s.result() for v, s in scores.items()})
-    off = result["state_off"]["ewarp"]
-    result["ewarp_ratio"] = result["state_on"]["ewarp"] / off if off > 0 else None
+    result.update(ewarp_ratios(result))
     return result
+
+
+def ewarp_ratios(result: dict) -> dict:
+    """on / off, and the share of the per-frame flicker above the carried floor that is left."""
+    on, off, floor = (result[v]["ewarp"] for v in ("state_on", "state_off", "carried"))
+    return {"ewarp_ratio": on / off if off > 0 else None,
+            "flicker_left": (on - floor) / (off - floor) if off > floor else None}
 
 
 def mean_over(results: dict[str, dict]) -> dict:
@@ -182,8 +202,7 @@ def mean_over(results: dict[str, dict]) -> dict:
     if not scored:
         return {}
     out: dict = {v: {k: float(np.mean([r[v][k] for r in scored])) for k in scored[0][v]} for v in VARIANTS}
-    off = out["state_off"]["ewarp"]
-    out["ewarp_ratio"] = out["state_on"]["ewarp"] / off if off > 0 else None
+    out.update(ewarp_ratios(out))
     return out
 
 
@@ -212,16 +231,17 @@ def print_table(report: dict) -> None:
                   f"{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
                   f"{_fmt(r.get('colourfulness_ratio')):>7}")
     if report.get("videos"):
-        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT':<30}{'CDC x1e3: on/off/grey/GT':<28}"
-              f"{'PSNR on/off':>12}")
+        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT/carried':<37}"
+              f"{'on/off':>7}{'left':>6}  {'CDC x1e3: on/off/grey/GT':<26}{'PSNR on/off':>12}")
         rows = dict(report["videos"], **({"mean": report["video_mean"]} if report.get("video_mean") else {}))
         for name, r in rows.items():
             if "state_on" not in r:
                 continue
             ew = "/".join(_fmt(r[v]["ewarp"] * 1e3) for v in VARIANTS)
-            cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS)
+            cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS[:4])
             ps = f"{_fmt(r['state_on']['psnr'])}/{_fmt(r['state_off']['psnr'])}"
-            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<30}{cd:<28}{ps:>12}")
+            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<37}{_fmt(r.get('ewarp_ratio')):>7}"
+                  f"{_fmt(r.get('flicker_left')):>6}  {cd:<26}{ps:>12}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

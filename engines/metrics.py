@@ -61,6 +61,8 @@ class FlowPair:
     map_x: np.ndarray  # H×W float32: x + forward flow
     map_y: np.ndarray
     valid: np.ndarray  # H×W float64 mask: 1 = consistent and inside the frame
+    back_x: np.ndarray  # H×W float32: where each pixel of frame t+1 was in frame t (x + backward flow)
+    back_y: np.ndarray
 
 
 class DisFlow:
@@ -81,7 +83,8 @@ class DisFlow:
         round_trip = ((fw + bw_at) ** 2).sum(-1)
         bound = FB_ALPHA * ((fw ** 2).sum(-1) + (bw_at ** 2).sum(-1)) + FB_BETA
         inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-        return FlowPair(map_x, map_y, ((round_trip <= bound) & inside).astype(np.float64))
+        return FlowPair(map_x, map_y, ((round_trip <= bound) & inside).astype(np.float64),
+                        self._grid[0] + bw[..., 0], self._grid[1] + bw[..., 1])
 
 
 def dis_flow_pairs(grey_frames: Sequence[np.ndarray]) -> list[FlowPair]:

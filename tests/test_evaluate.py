@@ -66,11 +66,16 @@ def test_eval_reports_images_and_videos(tiny_model: Path, eval_data: Path, tmp_p
 
     v = report["videos"]["pan"]
     assert v["frames"] == 10
-    for variant in ("state_on", "state_off", "grey", "ground_truth"):
+    for variant in ("state_on", "state_off", "grey", "ground_truth", "carried"):
         assert v[variant]["ewarp"] >= 0 and v[variant]["cdc"] >= 0
     assert v["ground_truth"]["ewarp"] < 2e-3  # a clean pan is (nearly) perfectly warpable
     assert v["state_on"]["psnr"] > 5 and "psnr" not in v["ground_truth"]
     assert v["ewarp_ratio"] == pytest.approx(v["state_on"]["ewarp"] / v["state_off"]["ewarp"])
+    # colours copied along the flow of a clean pan stay put: the floor sits at the grey baseline's
+    assert v["carried"]["ewarp"] == pytest.approx(v["grey"]["ewarp"], abs=2e-4)
+    assert v["carried"]["ewarp"] < v["state_off"]["ewarp"]
+    floor = v["carried"]["ewarp"]
+    assert v["flicker_left"] == pytest.approx((v["state_on"]["ewarp"] - floor) / (v["state_off"]["ewarp"] - floor))
     assert report["video_mean"]["state_on"]["ewarp"] == pytest.approx(v["state_on"]["ewarp"])
     table = capsys.readouterr().out
     assert "setA" in table and "pan" in table and "E_warp" in table
