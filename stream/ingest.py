@@ -199,7 +199,8 @@ class SourceWorker(threading.Thread):
             try:
                 self.capture = open_capture(self.config)
             except SourceError as exc:
-                log.info("%s: reconnect attempt %d failed: %s", self.stream_id, attempt, exc)
+                log.info("%s: %s attempt %d failed: %s", self.stream_id, "connect" if first else "reconnect",
+                         attempt, exc)
                 delay = min(delay * 2, policy.max_delay_s)
                 continue
             self.fps = self.capture.fps
