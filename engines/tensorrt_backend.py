@@ -16,9 +16,10 @@ it has no lock of its own.
 from __future__ import annotations
 
 import logging
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,10 +40,13 @@ def _first_line(exc: BaseException) -> str:
 class DeviceState(StreamState):
     """One stream's recurrent state (1 x C x h/16 x w/16 float32) in device memory."""
 
-    def __init__(self, size: tuple[int, int], alloc, nbytes: int):
+    def __init__(self, size: tuple[int, int], alloc, nbytes: int, release: Callable[[object], None]):
         super().__init__(size)
-        self.alloc = alloc  # pycuda DeviceAllocation, freed with this object
+        self.alloc = alloc  # pycuda DeviceAllocation, freed with this object through `release`
         self.nbytes = nbytes
+        # pycuda frees an allocation only where its context is current or in the thread that
+        # retained the context, and silently leaks it elsewhere (the engine thread drops states)
+        weakref.finalize(self, release, alloc)
 
 
 class _Buffer:
@@ -187,7 +191,14 @@ class TensorRTEngine(Engine):
         with self._current():
             alloc = self._cuda.mem_alloc(nbytes)
             self._cuda.memset_d32_async(alloc, 0, nbytes // F32, self._stream)
-        return DeviceState(tuple(size), alloc, nbytes)
+        return DeviceState(tuple(size), alloc, nbytes, self._free_state)
+
+    def _free_state(self, alloc) -> None:
+        """Free a dropped state's device memory with the engine's context current, in any thread."""
+        if self._ctx is None:
+            return  # closed: releasing the context took its memory with it
+        with self._current():
+            alloc.free()
 
     def reset_state(self, state: StreamState) -> None:
         with self._current():
@@ -371,8 +382,9 @@ class TensorRTEngine(Engine):
             self._stream.synchronize()
             for b in self._buffers.values():
                 b.free()
-            # TensorRT objects go before the runtime that made them, while the context is current
-            self._context = self._engine = self._kernels = None
+            # TensorRT objects go before the runtime that made them, and pycuda objects go while
+            # the context is current (after detach, pycuda skips their clean-up)
+            self._context = self._engine = self._kernels = self._stream = None
             self._runtime = None
         self._ctx.detach()
         self._ctx = None

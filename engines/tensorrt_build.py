@@ -235,11 +235,15 @@ def build_serialized_engine(model: Path, profile: ProfileSpec, info: ModelInfo, 
     config.add_optimization_profile(opt_profile)
 
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    if cache is None:  # an unreadable (damaged) cache file: start a fresh one rather than fail
+        log.warning("timing cache %s unreadable; starting a new one", timing_cache)
+        cache = config.create_timing_cache(b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError("TensorRT engine build failed (see TensorRT's messages above)")
-    _atomic_write(timing_cache, bytes(cache.serialize()))  # the build added its new timings to `cache`
+    # the config's cache, which the build added to (set_timing_cache takes `cache` as const)
+    _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
