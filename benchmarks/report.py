@@ -362,13 +362,18 @@ def _quality_section(quality: dict | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Redraw the plots and SUMMARY.md from a saved matrix JSON."""
+    """Redraw the plots and SUMMARY.md from a saved matrix JSON, with the quality figures of
+    quality.json beside it when there is one (a later `chromacast eval --json` than the matrix)."""
     argv = sys.argv[1:] if argv is None else argv
     source = Path(argv[0]) if argv else RESULTS / "matrix.json"
     try:
         matrix = json.loads(source.read_text())
+        quality = source.parent / "quality.json"
+        if quality.is_file():
+            matrix["quality"] = json.loads(quality.read_text())
     except (OSError, ValueError) as exc:
-        print(f"benchmarks.report: error: cannot read {source}: {exc}", file=sys.stderr)
+        print(f"benchmarks.report: error: cannot read {exc.filename if isinstance(exc, OSError) else source}: "
+              f"{exc}", file=sys.stderr)
         return 2
     plots = write_plots(matrix, source.parent)
     print(write_summary(matrix, source.parent, plots))

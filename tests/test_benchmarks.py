@@ -196,6 +196,14 @@ def test_matrix_plots_and_summary_come_from_the_json(file_run, tmp_path):
     assert found["goal"]["checks"]["met"]
     assert "falls behind at 2" in summary
 
+    # redrawn from the saved JSON, with a later quality.json beside it
+    (tmp_path / "matrix.json").write_text(json.dumps(matrix))
+    ewarp = {"ewarp": 0.000777, "cdc": 0.002, "psnr": 20.0}
+    (tmp_path / "quality.json").write_text(json.dumps({"model": "m.onnx", "short_side": 256, "video_mean": {
+        v: ewarp for v in ("state_on", "state_off", "grey", "ground_truth", "carried")}}))
+    assert report.main([str(tmp_path / "matrix.json")]) == 0
+    assert "| carried | 0.777 |" in (tmp_path / "SUMMARY.md").read_text()
+
 
 def test_bench_command_rejects_a_missing_file(tmp_path, capsys):
     assert bench_main(["--input", str(tmp_path / "none.mp4"), "--seconds", "1"]) == 2
