@@ -74,9 +74,14 @@ class SourceConfig(Strict):
         return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
 
     @property
+    def camera(self) -> bool:
+        """A webcam or RTSP camera: it can be down for a while and come (back) up."""
+        return self.kind in ("webcam", "rtsp")
+
+    @property
     def live(self) -> bool:
         """Live sources drop the oldest waiting frame under overload; the others never drop."""
-        return self.kind in ("webcam", "rtsp") or self.realtime
+        return self.camera or self.realtime
 
     @property
     def queue_size(self) -> int:

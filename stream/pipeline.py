@@ -33,8 +33,7 @@ log = logging.getLogger("chromacast.pipeline")
 
 ENGINE_OUT_QUEUE = 4
 WINDOW_QUEUE = 2
-SOURCE_STOP_GRACE_S = 2.0
-LIVE_CAMERAS = ("webcam", "rtsp")  # then a source stuck in a read is ended for it
+SOURCE_STOP_GRACE_S = 2.0  # then a source stuck in a read is ended for it
 
 
 class PipelineError(RuntimeError):
@@ -100,7 +99,7 @@ class Pipeline:
                 try:
                     captures.append(open_capture(source_cfg))
                 except SourceError as exc:
-                    if source_cfg.kind not in LIVE_CAMERAS:
+                    if not source_cfg.camera:
                         raise
                     waiting.append((source_cfg, exc))
                     captures.append(Disconnected(source_cfg.fps))

@@ -113,26 +113,25 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     step, elapsed_before = 0, 0.0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    resuming = ckpt_path.exists()
+    start_from = ckpt_path if resuming else cfg.init_from  # this run's checkpoint, else other weights
+    if start_from:
+        ck = torch.load(start_from, map_location=dev, weights_only=False)
         model.load_state_dict(ck["model"])
+        prior = ck["prior"]
+        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+    if resuming:
         try:
             opt.load_state_dict(ck["optimizer"])
         except ValueError:  # a different set of trainable parameters (freeze_blocks changed)
             log.info("optimizer state not reused: the trainable parameters changed")
         step = ck["step"]
         elapsed_before = ck.get("elapsed_s", 0.0)
-        prior = ck["prior"]
-        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
         sampler.rng = np.random.default_rng(cfg.seed + step)
         rng = np.random.default_rng(cfg.seed + step + 1)
         log.info("resumed from %s at step %d", ckpt_path, step)
-    elif cfg.init_from:
-        ck = torch.load(cfg.init_from, map_location=dev, weights_only=False)
-        model.load_state_dict(ck["model"])
-        prior = ck["prior"]
-        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
-        log.info("starting from the weights of %s (step %d there)", cfg.init_from, ck["step"])
+    elif start_from:
+        log.info("starting from the weights of %s (step %d there)", start_from, ck["step"])
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
