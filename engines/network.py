@@ -58,7 +58,8 @@ class ColorNet(nn.Module):
     """L, hint_ab, hint_mask, state → ab (Lab units, 1/4 resolution), next_state."""
 
     def __init__(self, bins: np.ndarray, state_channels: int = 32, pretrained: bool = True,
-                 temperature: float = DEFAULT_TEMPERATURE, width: int = 64):
+                 temperature: float = DEFAULT_TEMPERATURE, width: int = 64,
+                 encoder_activation: str = "relu6"):
         super().__init__()
         enc = efficientnet_lite0(pretrained)
         # 4 input channels: L, hint a, hint b, hint mask. A grey image through the RGB
@@ -70,8 +71,14 @@ class ColorNet(nn.Module):
         enc._conv_stem.in_channels = 4
         self.stem = nn.Sequential(enc._conv_stem, enc._bn0, nn.ReLU6(inplace=True))
         self.blocks = enc._blocks[: SKIP_BLOCKS[32] + 1]
-        for blk in self.blocks:
-            blk.set_swish(False)  # plain x·sigmoid(x) (exportable); the shipped model is trained with it
+        if encoder_activation == "swish":
+            # x·sigmoid(x) in place of the ReLU6 that EfficientNet-Lite was pretrained with: only
+            # for checkpoints trained that way (their config has no encoder_activation)
+            for blk in self.blocks:
+                blk.set_swish(False)
+        elif encoder_activation != "relu6":
+            raise ValueError(f"encoder_activation must be relu6 or swish, not {encoder_activation!r}")
+        self.encoder_activation = encoder_activation
         c = ENCODER_CHANNELS
         self.state_channels = state_channels
         self.lat32 = conv_bn_relu(c[32], 2 * width, 1)

@@ -125,9 +125,9 @@ class Pipeline:
                                         Overflow.DROP_OLDEST if source_cfg.live else Overflow.BLOCK,
                                         capture.fps, on_drop=count_drop)
         self.sources.append(SourceWorker(source_cfg, capture, queue, self.stats, self.config.state))
-        log.info("%s: %s %s at %.3g fps (%s)", source_cfg.id, source_cfg.kind,
-                 getattr(source_cfg, source_cfg.kind), capture.fps,
-                 "live: drops the oldest frame when behind" if source_cfg.live else "every frame")
+        rate = "not connected yet" if isinstance(capture, Disconnected) else f"at {capture.fps:.3g} fps"
+        log.info("%s: %s %s %s (%s)", source_cfg.id, source_cfg.kind, getattr(source_cfg, source_cfg.kind),
+                 rate, "live: drops the oldest frame when behind" if source_cfg.live else "every frame")
 
     def _open_sinks(self) -> None:
         cfg = self.config

@@ -114,13 +114,15 @@ def test_camera_down_at_start_is_connected_later_while_other_stream_runs(rtsp_se
                           {"id": "steady", "file": str(steady), "realtime": True, "loop": True}],
                          publish={"bind": f"tcp://127.0.0.1:{free_port()}"})
     log: list = []
-    with caplog.at_level("WARNING", logger="chromacast"), running(config, engine) as (pipeline, subscriber):
+    with caplog.at_level("INFO", logger="chromacast"), running(config, engine) as (pipeline, subscriber):
         receive_until(subscriber, lambda log: counts(log).get("steady", 0) >= 10, 60, log)
         assert counts(log).get("cam", 0) == 0
         rtsp_server.start()
         receive_until(subscriber, lambda log: counts(log).get("cam", 0) >= 5, 60, log)
     waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: cannot open RTSP")]
     assert waiting and "retrying for up to 60 s" in waiting[0]
+    assert any(m.startswith("cam: rtsp ") and "not connected yet" in m and "fps" not in m
+               for m in (r.getMessage() for r in caplog.records))
     stats = pipeline.stats.streams["cam"]
     assert stats.ended == "" and stats.reconnects == 0
     cam_seqs = [h.seq for stream, h in log if stream == "cam"]

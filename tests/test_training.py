@@ -79,6 +79,44 @@ def test_fine_tune_starts_from_other_weights(train_data: Path, trained: Path, tm
     assert np.array_equal(tuned["prior"], start["prior"])
 
 
+def test_stem_trains_until_freeze_from_then_stays(train_data: Path, tmp_path: Path):
+    cfg = yaml.safe_load((train_data / "config.yaml").read_text())
+
+    def run(name: str, freeze_from: int, steps: int) -> dict:
+        cfg.update(out=str(tmp_path / name), freeze_blocks=1, freeze_from=freeze_from, steps=steps)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert train_main(["--config", str(tmp_path / f"{name}.yaml")]) == 0
+        return torch.load(tmp_path / name / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+
+    frozen_at_once = run("at-once", 0, 2)  # the stem keeps its initial weights
+    late = run("late", 2, 2)  # the stem (hint channels included) learns for two steps
+    assert not torch.equal(late["stem.0.weight"], frozen_at_once["stem.0.weight"])
+    resumed = run("late", 2, 4)  # resumed past freeze_from: the stem stays, the head moves on
+    assert torch.equal(resumed["stem.0.weight"], late["stem.0.weight"])
+    assert not torch.equal(resumed["head.weight"], late["head.weight"])
+
+
+def test_encoder_activation_is_relu6_and_old_checkpoints_load_as_swish(trained: Path, tmp_path: Path):
+    from training.train import load_checkpoint
+    torch.manual_seed(0)
+    relu6 = ColorNet(gamut_bins(), state_channels=4, pretrained=False, width=8).eval()
+    swish = ColorNet(gamut_bins(), state_channels=4, pretrained=False, width=8, encoder_activation="swish").eval()
+    swish.load_state_dict(relu6.state_dict())
+    x = torch.randn(1, 4, 64, 64) * 3
+    state = relu6.zero_state(1, 64, 64)
+    with torch.no_grad():
+        a = relu6.logits(x[:, :1], x[:, 1:3], x[:, 3:], state)[0]
+        b = swish.logits(x[:, :1], x[:, 1:3], x[:, 3:], state)[0]
+    assert not torch.allclose(a, b, atol=1e-3)  # the option reaches the encoder blocks
+    with pytest.raises(ValueError, match="relu6 or swish"):
+        ColorNet(gamut_bins(), pretrained=False, width=8, encoder_activation="gelu")
+    assert load_checkpoint(trained).encoder_activation == "relu6"
+    ck = torch.load(trained, map_location="cpu", weights_only=False)
+    del ck["config"]["encoder_activation"]  # a checkpoint from before the option
+    torch.save(ck, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").encoder_activation == "swish"
+
+
 def test_clip_flow_grid_lines_frames_up(train_data: Path):
     """The grid from DIS flow on a real (panning) clip must map each frame onto the previous
     one far better than leaving it in place: that is what the temporal loss relies on."""

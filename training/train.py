@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ class TrainConfig(BaseModel):
     temperature: float = DEFAULT_TEMPERATURE
     pretrained: bool = True
     freeze_blocks: int = Field(0, ge=0)  # keep the stem and the first N encoder blocks at ImageNet values
+    freeze_from: int = Field(0, ge=0)  # ...from this step on, so the stem's hint channels learn first
+    encoder_activation: Literal["relu6", "swish"] = "relu6"  # relu6: as EfficientNet-Lite was pretrained
     threads: int | None = None
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
@@ -106,12 +109,11 @@ def train(cfg: TrainConfig) -> Path:
     prior = ab_prior(ab_samples, bins)
     weights = torch.as_tensor(rebalance_weights(prior), device=dev)
 
-    model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width).to(dev)
+    model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width,
+                     cfg.encoder_activation).to(dev)
     frozen = frozen_modules(model, cfg.freeze_blocks)
-    for m in frozen:
-        m.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    # every parameter stays in the optimizer: frozen ones get no gradient, which AdamW skips
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed_before = 0, 0.0
     resuming = ckpt_path.exists()
     start_from = ckpt_path if resuming else cfg.init_from  # this run's checkpoint, else other weights
@@ -143,10 +145,13 @@ def train(cfg: TrainConfig) -> Path:
     bins_t = model.bins
     started = time.time()
     model.train()
-    for m in frozen:
-        m.eval()  # frozen layers keep their ImageNet batch-norm statistics too
     running, first_step = {}, step
     while step < cfg.steps:
+        if step == max(cfg.freeze_from, first_step) and frozen:
+            for m in frozen:
+                m.requires_grad_(False)
+                m.eval()  # frozen layers keep their batch-norm statistics too
+            log.info("stem and %d encoder blocks frozen from step %d", cfg.freeze_blocks, step)
         elapsed = elapsed_before + time.time() - started
         if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
             log.info("time budget reached at step %d", step)
@@ -212,6 +217,6 @@ def load_checkpoint(path: Path, device: str = "cpu") -> ColorNet:
     ck = torch.load(path, map_location=device, weights_only=False)
     c = ck["config"]
     model = ColorNet(ck["bins"], c["state_channels"], pretrained=False, temperature=c["temperature"],
-                     width=c["width"])
+                     width=c["width"], encoder_activation=c.get("encoder_activation", "swish"))
     model.load_state_dict(ck["model"])
     return model.eval()
