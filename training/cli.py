@@ -46,6 +46,7 @@ def train_main(argv: list[str] | None = None) -> int:
                     help="time budget over all (resumed) runs; stops with a checkpoint")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        from training.from_onnx import OnnxWeightsError
         from training.train import load_config, train
 
         overrides = {k: v for k, v in (("out", args.out), ("steps", args.steps), ("device", args.device),
@@ -71,6 +72,8 @@ def train_main(argv: list[str] | None = None) -> int:
         try:
             path = train(cfg)
             log.info("done: %s", path)
+        except OnnxWeightsError as exc:
+            raise CliError(str(exc)) from None
         except RuntimeError as exc:
             if ckpt.exists() and ("state_dict" in str(exc) or "size mismatch" in str(exc)):
                 raise CliError(f"checkpoint {ckpt} does not match config {args.config} "

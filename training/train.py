@@ -1,6 +1,7 @@
 """`chromacast train`: train the colorization network on sequences, with resumable checkpoints."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.colour import AB_SCALE, DEFAULT_TEMPERATURE, gamut_bins
 from engines.network import AB_STRIDE, ColorNet
 from training.data import SequenceSampler, load_clips, load_images
+from training.from_onnx import checkpoint_from_onnx
 from training.losses import (ab_prior, rebalance_weights, rebalanced_ce, soft_encode,
                              temporal_loss)
 
@@ -54,7 +56,16 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
-    init_from: Path | None = None  # weights (and colour prior) to start from when OUT has no checkpoint
+    # weights (and colour prior) to start from when OUT has no checkpoint: a training checkpoint,
+    # or a chromacast ONNX export made with --prior-correction (such as the shipped default)
+    init_from: Path | None = None
+    # train only these top-level modules (e.g. [gru, fuse16, dec8]); the rest stay as loaded and
+    # every batch norm keeps its statistics, as a fine-tune of a folded ONNX export needs
+    train_only: list[str] | None = None
+    # weight of a loss that keeps each sequence's first frame (zero state, what a still image or
+    # a stream's first frame gets) at the starting weights' colours: KL to their bin distribution.
+    # Lets a fine-tune make the state steadier without changing per-frame colours.
+    keep_first_frame: float = Field(0.0, ge=0)
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
@@ -112,13 +123,18 @@ def train(cfg: TrainConfig) -> Path:
     model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width,
                      cfg.encoder_activation).to(dev)
     frozen = frozen_modules(model, cfg.freeze_blocks)
+    if cfg.train_only is not None:
+        unknown = sorted(set(cfg.train_only) - {n for n, _ in model.named_children()})
+        if unknown:
+            raise SystemExit(f"chromacast train: train_only names no module {', '.join(unknown)}")
+        frozen = [m for n, m in model.named_children() if n not in cfg.train_only]
     # every parameter stays in the optimizer: frozen ones get no gradient, which AdamW skips
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed_before = 0, 0.0
     resuming = ckpt_path.exists()
     start_from = ckpt_path if resuming else cfg.init_from  # this run's checkpoint, else other weights
     if start_from:
-        ck = torch.load(start_from, map_location=dev, weights_only=False)
+        ck = _load_weights(start_from, dev)
         model.load_state_dict(ck["model"])
         prior = ck["prior"]
         weights = torch.as_tensor(rebalance_weights(prior), device=dev)
@@ -134,6 +150,14 @@ def train(cfg: TrainConfig) -> Path:
         log.info("resumed from %s at step %d", ckpt_path, step)
     elif start_from:
         log.info("starting from the weights of %s (step %d there)", start_from, ck["step"])
+
+    teacher = None
+    if cfg.keep_first_frame > 0:
+        if not cfg.init_from:
+            raise SystemExit("chromacast train: keep_first_frame needs init_from (the colours to keep)")
+        teacher = copy.deepcopy(model)  # the init_from weights, also when this run resumes
+        teacher.load_state_dict(_load_weights(cfg.init_from, dev)["model"])
+        teacher.eval().requires_grad_(False)
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -151,7 +175,11 @@ def train(cfg: TrainConfig) -> Path:
             for m in frozen:
                 m.requires_grad_(False)
                 m.eval()  # frozen layers keep their batch-norm statistics too
-            log.info("stem and %d encoder blocks frozen from step %d", cfg.freeze_blocks, step)
+            if cfg.train_only is not None:
+                keep_batch_norm_statistics(model)
+                log.info("training only %s from step %d", ", ".join(cfg.train_only), step)
+            else:
+                log.info("stem and %d encoder blocks frozen from step %d", cfg.freeze_blocks, step)
         elapsed = elapsed_before + time.time() - started
         if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
             log.info("time budget reached at step %d", step)
@@ -172,12 +200,17 @@ def train(cfg: TrainConfig) -> Path:
         state = model.zero_state(b, s, s).to(dev)
         hint, mask = simulate_hints(lab[:, 0, 1:].cpu(), rng, cfg.hint_probability)
         hint, mask = hint.to(dev), mask.to(dev)
-        ce_total, tl_total, prev_ab = 0.0, 0.0, None
+        ce_total, tl_total, keep_total, prev_ab = 0.0, 0.0, 0.0, None
         for t in range(t_len):
             L = (lab[:, t, :1] - 50) / 50
             if t > 0:
                 hint, mask = torch.zeros_like(hint), torch.zeros_like(mask)
             logits, state = model.logits(L, hint, mask, state)
+            if t == 0 and teacher is not None:
+                with torch.no_grad():
+                    kept = torch.softmax(teacher.logits(L, hint, mask, torch.zeros_like(state))[0], 1)
+                kl = (kept * (kept.clamp(min=1e-8).log() - torch.log_softmax(logits, 1))).sum(1).mean()
+                keep_total = cfg.keep_first_frame * kl
             gt = torch.nn.functional.avg_pool2d(lab[:, t, 1:], AB_STRIDE)
             target, nearest = soft_encode(gt, bins_t)
             ce_total = ce_total + rebalanced_ce(logits, target, nearest, weights)
@@ -185,13 +218,16 @@ def train(cfg: TrainConfig) -> Path:
             if prev_ab is not None and cfg.temporal_weight > 0:
                 tl_total = tl_total + temporal_loss(ab, prev_ab, grid[:, t], trust[:, t])
             prev_ab = ab.detach() if cfg.temporal_previous_fixed else ab
-        loss = (ce_total + cfg.temporal_weight * tl_total) / t_len
+        loss = (ce_total + cfg.temporal_weight * tl_total + keep_total) / t_len
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
-        for k, v in (("loss", loss), ("ce", ce_total / t_len), ("temporal", tl_total / t_len)):
+        terms = [("loss", loss), ("ce", ce_total / t_len), ("temporal", tl_total / t_len)]
+        if teacher is not None:
+            terms.append(("keep", keep_total / cfg.keep_first_frame))
+        for k, v in terms:
             running[k] = running.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
         if step % cfg.log_every == 0:
             rate = (step - first_step) / max(time.time() - started, 1e-6)
@@ -210,6 +246,18 @@ def frozen_modules(model: ColorNet, blocks: int) -> list[torch.nn.Module]:
     if blocks <= 0:
         return []
     return [model.stem, *model.blocks[:blocks]]
+
+
+def _load_weights(path: Path, dev: torch.device) -> dict:
+    if path.suffix == ".onnx":
+        return checkpoint_from_onnx(path)
+    return torch.load(path, map_location=dev, weights_only=False)
+
+
+def keep_batch_norm_statistics(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> ColorNet:
