@@ -66,12 +66,14 @@ def test_fine_tune_from_onnx_trains_only_the_named_modules(train_data: Path, exp
     assert "training only gru, fuse16" in (tmp_path / "tuned" / "train.log").read_text()
 
 
-def test_fine_tune_bad_input_is_one_line(train_data: Path, trained: Path, tmp_path: Path, capsys):
+def test_fine_tune_bad_input_is_one_line(train_data: Path, trained: Path, exported: Path, tmp_path: Path,
+                                         capsys):
     plain = tmp_path / "plain.onnx"  # no --prior-correction: the prior cannot be read back
     assert export_main(["--checkpoint", str(trained), "--out", str(plain), "--size", "64"]) == 0
     cfg = yaml.safe_load((train_data / "config.yaml").read_text())
     for name, update, message in [("plain", {"init_from": str(plain)}, "without --prior-correction"),
-                                  ("unknown", {"train_only": ["gru", "decoder"]}, "train_only names no module decoder")]:
+                                  ("unknown", {"train_only": ["gru", "decoder"]}, "train_only names no module decoder"),
+                                  ("wider", {"init_from": str(exported), "width": 16}, "do not fit")]:
         cfg_run = {**cfg, "out": str(tmp_path / name), **update}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg_run))
         assert train_main(["--config", str(tmp_path / f"{name}.yaml")]) == 1

@@ -135,7 +135,13 @@ def train(cfg: TrainConfig) -> Path:
     start_from = ckpt_path if resuming else cfg.init_from  # this run's checkpoint, else other weights
     if start_from:
         ck = _load_weights(start_from, dev)
-        model.load_state_dict(ck["model"])
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError:
+            if resuming:
+                raise  # the CLI names the run folder for this case
+            raise SystemExit(f"chromacast train: the weights in {start_from} do not fit this config's "
+                             "network (state_channels, width?)") from None
         prior = ck["prior"]
         weights = torch.as_tensor(rebalance_weights(prior), device=dev)
     if resuming:
@@ -171,7 +177,7 @@ def train(cfg: TrainConfig) -> Path:
     model.train()
     running, first_step = {}, step
     while step < cfg.steps:
-        if step == max(cfg.freeze_from, first_step) and frozen:
+        if step == max(cfg.freeze_from, first_step) and (frozen or cfg.train_only is not None):
             for m in frozen:
                 m.requires_grad_(False)
                 m.eval()  # frozen layers keep their batch-norm statistics too
