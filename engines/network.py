@@ -41,6 +41,27 @@ class ConvGRU(nn.Module):
         return (1 - z) * h + z * c
 
 
+class MemoryCorrection(nn.Module):
+    """x + tanh(P[x, m]) · G·m: decoder features corrected from a memory m of earlier frames.
+
+    G is linear without bias and starts at zero, so a zero memory (a stream's first frame, a
+    still image) leaves the features exactly as they are, whatever training does to P and G:
+    a fine-tune can make the state steadier without touching per-frame colours."""
+
+    def __init__(self, features: int, memory: int, kernel: int = 3):
+        super().__init__()
+        self.proposal = nn.Conv2d(features + memory, features, kernel, padding=kernel // 2)
+        self.gate = nn.Conv2d(memory, features, 1, bias=False)
+        nn.init.zeros_(self.gate.weight)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.proposal(torch.cat([x, m], 1))) * self.gate(m)
+
+
+# modules that exist only with memory_channels > 0 (a fine-tune adds them to a model without)
+MEMORY_MODULES = ("correct", "memory", "correct4")
+
+
 def efficientnet_lite0(pretrained: bool) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -55,11 +76,16 @@ def efficientnet_lite0(pretrained: bool) -> nn.Module:
 
 
 class ColorNet(nn.Module):
-    """L, hint_ab, hint_mask, state → ab (Lab units, 1/4 resolution), next_state."""
+    """L, hint_ab, hint_mask, state → ab (Lab units, 1/4 resolution), next_state.
+
+    The state is the ConvGRU's `state_channels`, followed by `memory_channels` of a second
+    ConvGRU that feeds MemoryCorrection (none by default); `self.state_channels` is their sum,
+    the C of the engine contract."""
 
     def __init__(self, bins: np.ndarray, state_channels: int = 32, pretrained: bool = True,
                  temperature: float = DEFAULT_TEMPERATURE, width: int = 64,
-                 encoder_activation: str = "relu6"):
+                 encoder_activation: str = "relu6", memory_channels: int = 0,
+                 memory_at_quarter: bool = False):
         super().__init__()
         enc = efficientnet_lite0(pretrained)
         # 4 input channels: L, hint a, hint b, hint mask. A grey image through the RGB
@@ -80,11 +106,20 @@ class ColorNet(nn.Module):
             raise ValueError(f"encoder_activation must be relu6 or swish, not {encoder_activation!r}")
         self.encoder_activation = encoder_activation
         c = ENCODER_CHANNELS
-        self.state_channels = state_channels
+        self.gru_channels = state_channels
+        self.memory_channels = memory_channels
+        self.state_channels = state_channels + memory_channels
         self.lat32 = conv_bn_relu(c[32], 2 * width, 1)
         self.dec16 = conv_bn_relu(2 * width + c[16], 2 * width)
         self.gru = ConvGRU(2 * width, state_channels)
         self.fuse16 = conv_bn_relu(2 * width + state_channels, 2 * width, 1)
+        if memory_channels:
+            self.correct = MemoryCorrection(2 * width, memory_channels)
+            self.memory = ConvGRU(2 * width, memory_channels)
+        # the memory also corrects the 1/4 features that the head turns into ab (1×1: cheap there)
+        self.memory_at_quarter = bool(memory_channels and memory_at_quarter)
+        if self.memory_at_quarter:
+            self.correct4 = MemoryCorrection(width, memory_channels, kernel=1)
         self.dec8 = conv_bn_relu(2 * width + c[8], width)
         self.dec4 = conv_bn_relu(width + c[4] + 3, width)
         self.head = nn.Conv2d(width, len(bins), 1)
@@ -110,14 +145,21 @@ class ColorNet(nn.Module):
         f = self.features(torch.cat([L, hint_ab, hint_mask], 1))
         x = self.lat32(f[32])
         x = self.dec16(torch.cat([up2(x), f[16]], 1))
-        h = self.gru(x, state)
+        h = self.gru(x, state[:, :self.gru_channels] if self.memory_channels else state)
         x = self.fuse16(torch.cat([x, h], 1))
+        if self.memory_channels:
+            m = state[:, self.gru_channels:]
+            x = self.correct(x, m)
+            h = torch.cat([h, self.memory(x, m)], 1)
         x = self.dec8(torch.cat([up2(x), f[8]], 1))
         # hints again at 1/4 resolution, where a point hint still has a few pixels
         hint = torch.cat([F.avg_pool2d(hint_ab * hint_mask, AB_STRIDE) * AB_STRIDE ** 2 /
                           F.avg_pool2d(hint_mask, AB_STRIDE).mul(AB_STRIDE ** 2).clamp(min=1.0),
                           F.max_pool2d(hint_mask, AB_STRIDE)], 1)
         x = self.dec4(torch.cat([up2(x), f[4], hint], 1))
+        if self.memory_at_quarter:  # implies memory_channels, so m is set
+            x = self.correct4(x, F.interpolate(m, scale_factor=STATE_STRIDE / AB_STRIDE, mode="bilinear",
+                                               align_corners=False))
         return self.head(x), h
 
     def decode(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:

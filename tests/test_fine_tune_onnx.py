@@ -100,3 +100,67 @@ def test_keep_first_frame_needs_init_from(train_data: Path, tmp_path: Path, caps
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(cfg))
     assert train_main(["--config", str(tmp_path / "x.yaml")]) == 1
     assert "keep_first_frame needs init_from" in capsys.readouterr().err
+
+
+def _run_onnx(path: Path, L: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    zeros = np.zeros((L.shape[0], 2, *L.shape[2:]), np.float32)
+    return tuple(sess.run(None, {"L": L, "hint_ab": zeros, "hint_mask": zeros[:, :1], "state": state}))
+
+
+def test_memory_fine_tune_changes_later_frames_only(train_data: Path, exported: Path, tmp_path: Path):
+    """A memory added to a trained export and fine-tuned alone: the first frame of a stream (zero
+    state) keeps the export's colours exactly, later frames use the memory, and the new export
+    (state = ConvGRU channels + memory channels) reads back for a further fine-tune."""
+    cfg = yaml.safe_load((train_data / "config.yaml").read_text())
+    cfg.update(out=str(tmp_path / "memory"), init_from=str(exported), memory_channels=3, memory_at_quarter=True,
+               train_only=["correct", "memory", "correct4"], steps=3, lr=5e-2, sequence_length=3)
+    (tmp_path / "memory.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(tmp_path / "memory.yaml")]) == 0
+    assert "correct, correct4, memory start fresh" in (tmp_path / "memory" / "train.log").read_text()
+    start = model_from_onnx(exported)[0].state_dict()
+    tuned_ck = torch.load(tmp_path / "memory" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    tuned = tuned_ck["model"]
+    assert all(torch.equal(start[k], tuned[k]) for k in start)  # the export's weights, untouched
+    for gate in ("correct.gate.weight", "correct4.gate.weight"):  # the memory's gates opened
+        assert tuned[gate].abs().sum() > 0
+
+    out = tmp_path / "memory.onnx"
+    assert export_main(["--checkpoint", str(tmp_path / "memory" / "checkpoint.pt"), "--out", str(out),
+                        "--size", "64", "--prior-correction", "0.6"]) == 0
+    rng = np.random.default_rng(5)
+    L = rng.uniform(-1, 1, (2, 1, 64, 96)).astype(np.float32)
+    ab_before, state_before = _run_onnx(exported, L, np.zeros((2, 4, 4, 6), np.float32))
+    ab_first, state = _run_onnx(out, L, np.zeros((2, 7, 4, 6), np.float32))
+    np.testing.assert_allclose(ab_first, ab_before, atol=1e-5)  # still images and first frames
+    np.testing.assert_allclose(state[:, :4], state_before, atol=1e-5)
+    assert np.abs(state[:, 4:]).max() > 0
+    ab_second, _ = _run_onnx(out, L, state)
+    ab_second_before, _ = _run_onnx(exported, L, state_before)
+    # the memory acts on the next frame: well above the 1e-5 agreement of the first frames
+    # (this tiny model's colours hardly depend on its input)
+    assert np.abs(ab_second - ab_second_before).max() > 1e-4
+
+    model, prior, meta = model_from_onnx(out)  # read back, memory included
+    assert meta["memory_channels"] == "3" and meta["memory_at_quarter"] == "true"
+    assert model.state_channels == 7 and model.memory_at_quarter
+    with torch.no_grad():
+        model.logit_bias = -0.6 * torch.as_tensor(rebalance_weights(prior)).log()
+        ab_pt, _ = model(torch.from_numpy(L), torch.zeros(2, 2, 64, 96), torch.zeros(2, 1, 64, 96),
+                         torch.from_numpy(state))
+    np.testing.assert_allclose(ab_pt.numpy(), ab_second, atol=2e-3, rtol=1e-3)
+
+
+def test_memory_weights_must_fit(train_data: Path, exported: Path, tmp_path: Path, capsys):
+    """Only the memory modules may be missing from init_from, and only on a first start."""
+    cfg = yaml.safe_load((train_data / "config.yaml").read_text())
+    cfg.update(out=str(tmp_path / "m"), init_from=str(exported), memory_channels=2,
+               train_only=["correct", "memory"], steps=1)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(tmp_path / "m.yaml")]) == 0
+    cfg.update(out=str(tmp_path / "m2"), init_from=str(tmp_path / "m" / "checkpoint.pt"), memory_channels=5)
+    (tmp_path / "m2.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(tmp_path / "m2.yaml")]) == 1
+    assert "do not fit" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -190,6 +190,9 @@ def _load_for_export(args):
     meta = {"model": "chromacast", "decoder": "annealed-mean", "bins": str(len(ck["bins"])),
             "training_step": str(ck.get("step")), "training_crop": str(cfg.get("crop")),
             "hints": "used", "recurrent": "convgru", "prior_correction": str(args.prior_correction)}
+    if model.memory_channels:  # the state's last channels are MemoryCorrection's memory
+        meta["memory_channels"] = str(model.memory_channels)
+        meta["memory_at_quarter"] = "true" if model.memory_at_quarter else "false"
     if ck.get("elapsed_s") is not None:
         meta["training_minutes"] = f"{ck['elapsed_s'] / 60:.0f}"
     return model, meta

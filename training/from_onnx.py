@@ -67,10 +67,13 @@ def model_from_onnx(path: Path) -> tuple[ColorNet, np.ndarray | None, dict[str, 
         raise OnnxWeightsError(f"{path} is not a chromacast network export (model={meta.get('model')!r})")
     values = _constants(proto)
     bins = values["bins"].astype(np.float32)
-    state_channels = int(meta["state_channels"])
+    memory_channels = int(meta.get("memory_channels", "0") or 0)
+    state_channels = int(meta["state_channels"]) - memory_channels  # the contract's C holds both
     width = int(values["head.weight"].shape[1])
     model = ColorNet(bins, state_channels, pretrained=False, temperature=float(meta["temperature"]),
-                     width=width, encoder_activation=meta.get("encoder_activation", "relu6"))
+                     width=width, encoder_activation=meta.get("encoder_activation", "relu6"),
+                     memory_channels=memory_channels,
+                     memory_at_quarter=meta.get("memory_at_quarter") == "true")
     modules = dict(model.named_modules())
     loaded: set[str] = set()
     with torch.no_grad():
@@ -91,6 +94,8 @@ def model_from_onnx(path: Path) -> tuple[ColorNet, np.ndarray | None, dict[str, 
             if conv.bias is not None:
                 conv.bias.copy_(b)
                 continue
+            if b is None and not _bn_name(name):
+                continue  # a convolution without bias or batch norm (MemoryCorrection's gate)
             bn = modules[_bn_name(name)]
             bn.weight.fill_(1.0)
             bn.bias.copy_(b if b is not None else torch.zeros_like(bn.bias))
@@ -120,7 +125,7 @@ def _bn_name(conv_name: str) -> str:
     head, _, last = conv_name.rpartition(".")
     if last in BN_AFTER_CONV:
         return f"{head}.{BN_AFTER_CONV[last]}"
-    return f"{head}.{int(last) + 1}"
+    return f"{head}.{int(last) + 1}" if last.isdigit() else ""  # "": none follows
 
 
 def checkpoint_from_onnx(path: Path) -> dict:
@@ -131,5 +136,7 @@ def checkpoint_from_onnx(path: Path) -> dict:
                                "cannot be recovered; start from its training checkpoint instead")
     return {"model": model.state_dict(), "prior": prior, "bins": model.bins.numpy(),
             "step": int(meta.get("training_step", 0) or 0),
-            "config": {"state_channels": model.state_channels, "width": model.head.weight.shape[1],
+            "config": {"state_channels": model.gru_channels, "memory_channels": model.memory_channels,
+                       "memory_at_quarter": model.memory_at_quarter,
+                       "width": model.head.weight.shape[1],
                        "temperature": model.temperature, "encoder_activation": model.encoder_activation}}

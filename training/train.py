@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.colour import AB_SCALE, DEFAULT_TEMPERATURE, gamut_bins
-from engines.network import AB_STRIDE, ColorNet
+from engines.network import AB_STRIDE, MEMORY_MODULES, ColorNet
 from training.data import SequenceSampler, load_clips, load_images
 from training.from_onnx import checkpoint_from_onnx
 from training.losses import (ab_prior, rebalance_weights, rebalanced_ce, soft_encode,
@@ -44,6 +44,10 @@ class TrainConfig(BaseModel):
     temporal_previous_fixed: bool = True
     hint_probability: float = Field(0.5, ge=0, le=1)
     state_channels: int = Field(32, ge=1)
+    # a second recurrent memory feeding MemoryCorrection (engines/network.py); a stream's first
+    # frame is untouched by it, so it can be added to a trained model and fine-tuned alone
+    memory_channels: int = Field(0, ge=0)
+    memory_at_quarter: bool = False  # the memory also corrects the 1/4 features before the head
     width: int = Field(64, ge=8)
     temperature: float = DEFAULT_TEMPERATURE
     pretrained: bool = True
@@ -121,7 +125,7 @@ def train(cfg: TrainConfig) -> Path:
     weights = torch.as_tensor(rebalance_weights(prior), device=dev)
 
     model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width,
-                     cfg.encoder_activation).to(dev)
+                     cfg.encoder_activation, cfg.memory_channels, cfg.memory_at_quarter).to(dev)
     frozen = frozen_modules(model, cfg.freeze_blocks)
     if cfg.train_only is not None:
         unknown = sorted(set(cfg.train_only) - {n for n, _ in model.named_children()})
@@ -136,12 +140,14 @@ def train(cfg: TrainConfig) -> Path:
     if start_from:
         ck = _load_weights(start_from, dev)
         try:
-            model.load_state_dict(ck["model"])
+            added = load_weights_into(model, ck["model"], allow_new_memory=not resuming)
         except RuntimeError:
             if resuming:
                 raise  # the CLI names the run folder for this case
             raise SystemExit(f"chromacast train: the weights in {start_from} do not fit this config's "
-                             "network (state_channels, width?)") from None
+                             "network (state_channels, memory_channels, width?)") from None
+        if added:
+            log.info("%s start fresh (not in %s)", ", ".join(added), start_from)
         prior = ck["prior"]
         weights = torch.as_tensor(rebalance_weights(prior), device=dev)
     if resuming:
@@ -162,7 +168,7 @@ def train(cfg: TrainConfig) -> Path:
         if not cfg.init_from:
             raise SystemExit("chromacast train: keep_first_frame needs init_from (the colours to keep)")
         teacher = copy.deepcopy(model)  # the init_from weights, also when this run resumes
-        teacher.load_state_dict(_load_weights(cfg.init_from, dev)["model"])
+        load_weights_into(teacher, _load_weights(cfg.init_from, dev)["model"], allow_new_memory=True)
         teacher.eval().requires_grad_(False)
 
     def save() -> None:
@@ -254,6 +260,16 @@ def frozen_modules(model: ColorNet, blocks: int) -> list[torch.nn.Module]:
     return [model.stem, *model.blocks[:blocks]]
 
 
+def load_weights_into(model: ColorNet, state_dict: dict, allow_new_memory: bool) -> list[str]:
+    """Load a state dict; with allow_new_memory, weights of a model without the memory modules
+    may leave those at their initial values (which keep its colours). Returns the modules left."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    added = sorted({k.split(".")[0] for k in missing})
+    if unexpected or (missing and not (allow_new_memory and set(added) <= set(MEMORY_MODULES))):
+        raise RuntimeError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return added
+
+
 def _load_weights(path: Path, dev: torch.device) -> dict:
     if path.suffix == ".onnx":
         return checkpoint_from_onnx(path)
@@ -271,6 +287,8 @@ def load_checkpoint(path: Path, device: str = "cpu") -> ColorNet:
     ck = torch.load(path, map_location=device, weights_only=False)
     c = ck["config"]
     model = ColorNet(ck["bins"], c["state_channels"], pretrained=False, temperature=c["temperature"],
-                     width=c["width"], encoder_activation=c.get("encoder_activation", "swish"))
+                     width=c["width"], encoder_activation=c.get("encoder_activation", "swish"),
+                     memory_channels=c.get("memory_channels", 0),
+                     memory_at_quarter=c.get("memory_at_quarter", False))
     model.load_state_dict(ck["model"])
     return model.eval()
