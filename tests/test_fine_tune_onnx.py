@@ -154,7 +154,7 @@ def test_memory_fine_tune_changes_later_frames_only(train_data: Path, exported: 
 
 
 def test_memory_weights_must_fit(train_data: Path, exported: Path, tmp_path: Path, capsys):
-    """Only the memory modules may be missing from init_from, and only on a first start."""
+    """Memory weights of another size, or a 1/4 correction without a memory, are one error line."""
     cfg = yaml.safe_load((train_data / "config.yaml").read_text())
     cfg.update(out=str(tmp_path / "m"), init_from=str(exported), memory_channels=2,
                train_only=["correct", "memory"], steps=1)
@@ -164,3 +164,7 @@ def test_memory_weights_must_fit(train_data: Path, exported: Path, tmp_path: Pat
     (tmp_path / "m2.yaml").write_text(yaml.safe_dump(cfg))
     assert train_main(["--config", str(tmp_path / "m2.yaml")]) == 1
     assert "do not fit" in capsys.readouterr().err.strip().splitlines()[-1]
+    cfg.update(out=str(tmp_path / "m3"), memory_channels=0, memory_at_quarter=True)
+    (tmp_path / "m3.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(tmp_path / "m3.yaml")]) == 1
+    assert "memory_at_quarter needs memory_channels" in capsys.readouterr().err.strip().splitlines()[-1]

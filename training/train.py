@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.colour import AB_SCALE, DEFAULT_TEMPERATURE, gamut_bins
 from engines.network import AB_STRIDE, MEMORY_MODULES, ColorNet
@@ -70,6 +70,12 @@ class TrainConfig(BaseModel):
     # a stream's first frame gets) at the starting weights' colours: KL to their bin distribution.
     # Lets a fine-tune make the state steadier without changing per-frame colours.
     keep_first_frame: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _memory_at_quarter_needs_memory(self) -> "TrainConfig":
+        if self.memory_at_quarter and not self.memory_channels:
+            raise ValueError("memory_at_quarter needs memory_channels > 0")
+        return self
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
