@@ -106,10 +106,22 @@ def batch_effect(matrix: dict) -> dict | None:
             "best_batch": best[0], "best_fps": best[1], "best_speedup": best[1] / base if base else None}
 
 
+def stabiliser_cost(matrix: dict) -> dict | None:
+    """The headline stream as fast as possible with the colour stabiliser (the matrix's cases)
+    and without it (`stabiliser_off`): fps either way and their ratio."""
+    off = matrix.get("stabiliser_off")
+    on = find(matrix.get("cases", []), *HEADLINE, False)
+    if not off or not on:
+        return None
+    fps_on, fps_off = on["fps"]["sustained"], off["fps"]["sustained"]
+    return {"size": HEADLINE[0], "fps_on": fps_on, "fps_off": fps_off, "ratio": fps_on / fps_off if fps_off else None}
+
+
 def analyse(matrix: dict) -> dict:
     stage, count, of = overall_bottleneck(matrix)
     return {"goal": goal(matrix), "knees": knees(matrix),
-            "bottleneck": {"stage": stage, "cases": count, "of": of}, "batch": batch_effect(matrix)}
+            "bottleneck": {"stage": stage, "cases": count, "of": of}, "batch": batch_effect(matrix),
+            "stabiliser": stabiliser_cost(matrix)}
 
 
 def _size_key(size: str) -> int:

@@ -52,6 +52,7 @@ class CaseSpec:
     warmup_s: float = 1.0
     short_side: int | None = None  # None: the pipeline's default
     batch: int | None = None  # engine max batch; None: the pipeline's default
+    stabiliser: float | None = None  # colour stabiliser strength; None: the pipeline's default
     threads: int | None = None
     engine: str = "auto"
     model: Path | None = None
@@ -145,6 +146,7 @@ def pipeline_config(spec: CaseSpec, inputs: list[Path]) -> PipelineConfig:
                                 ("short_side", spec.short_side), ("max_batch", spec.batch),
                                 ("threads", spec.threads)) if v is not None}
     data = {"sources": sources, "engine": engine, "stats": {"interval_s": 0},
+            "state": {} if spec.stabiliser is None else {"stabiliser": {"strength": spec.stabiliser}},
             "publish": {"bind": "tcp://127.0.0.1:*", "sndhwm": PUBLISH_HWM, "linger_ms": 2000}}
     try:
         return PipelineConfig.model_validate(data)
@@ -268,6 +270,7 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
                      "network_size": list(engine.network_size(width, height, config.engine.short_side)),
                      "short_side": config.engine.short_side, "max_batch": config.engine.max_batch,
                      "threads": config.engine.threads, "engine": engine.name,
+                     "stabiliser": config.state.stabiliser.strength,
                      "source_fps": [s.fps for s in pipeline.sources]},
             "decode_ms_per_frame": decode_ms,
             "cpu": {"process_share": cpu_s / (window_s * (os.cpu_count() or 1)) if window_s > 0 else None,

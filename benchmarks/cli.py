@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, metavar="N", help="network input short side (default: pipeline's)")
     p.add_argument("--batch", type=int, metavar="N", help="engine max batch (default: pipeline's)")
     p.add_argument("--threads", type=int, metavar="N", help="engine CPU threads (default: all cores)")
+    p.add_argument("--stabiliser", type=float, metavar="S",
+                   help="colour stabiliser strength, 0 = off (default: the pipeline's, 0.8)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--input", type=Path, action="append", metavar="FILE",
@@ -57,6 +59,7 @@ def spec_from(args: argparse.Namespace) -> CaseSpec:
     fps = None if args.max else (args.fps if args.fps is not None else (None if args.input else 30.0))
     return CaseSpec(streams=args.streams, size=args.size, fps=fps, realtime=not args.max, seconds=args.seconds,
                     warmup_s=args.warmup, short_side=args.short_side, batch=args.batch, threads=args.threads,
+                    stabiliser=args.stabiliser,
                     engine=args.engine, model=args.model, inputs=list(args.input or []), vs_seed=args.vs_seed,
                     seed_seconds=args.seed_seconds)
 

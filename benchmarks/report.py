@@ -330,6 +330,10 @@ def _scaling_section(matrix: dict, found: dict, plots: dict[str, str]) -> list[s
                          f"{_f(row['speedup'], '.2f')}x |")
         if "batch" in plots:
             lines += ["", f"![batch scaling]({plots['batch']})"]
+    cost = found.get("stabiliser")
+    if cost:
+        lines += ["", f"Colour stabiliser ({cost['size']}, one stream, as fast as possible): {_f(cost['fps_on'])} fps "
+                      f"with it, {_f(cost['fps_off'])} fps without ({_f(cost['ratio'], '.2f')}x)."]
     seed = matrix.get("seed")
     if matrix.get("seed_error"):
         lines += ["", f"Seed approach not measured: {matrix['seed_error']}"]
@@ -354,8 +358,10 @@ def _quality_section(quality: dict | None) -> list[str]:
     mean = quality.get("video_mean") or {}
     if mean.get("state_on"):
         lines += ["", "| videos (mean) | E_warp(DIS) x1e3 | CDC x1e3 | PSNR dB |", "|---|---|---|---|"]
-        for variant in ("state_on", "state_off", "grey", "ground_truth", "carried"):
-            r = mean.get(variant) or {}
+        for variant in ("state_on", "state_off", "grey", "ground_truth", "carried", "stabilised"):
+            r = mean.get(variant)
+            if r is None:  # a report from before the stabiliser
+                continue
             lines.append(f"| {variant.replace('_', ' ')} | {_f(r.get('ewarp') and r['ewarp'] * 1e3, '.3f')} | "
                          f"{_f(r.get('cdc') and r['cdc'] * 1e3, '.3f')} | {_f(r.get('psnr'), '.2f')} |")
     return lines + [""]

@@ -57,12 +57,17 @@ def network_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return snap(width * scale), snap(height * scale)
 
 
+def network_l8(l8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The 8-bit L plane at the network's input size (w, h); itself when it is that size already."""
+    return cv2.resize(l8, size, interpolation=cv2.INTER_AREA) if l8.shape[::-1] != tuple(size) else l8
+
+
 def l8_to_network(l8: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """Resize the 8-bit L plane to the network size and normalise to (L*-50)/50 in [-1, 1].
 
     `out` (h×w float32) is filled in place when given, so a caller can write
     straight into its batch buffer."""
-    small = cv2.resize(l8, size, interpolation=cv2.INTER_AREA) if l8.shape[::-1] != tuple(size) else l8
+    small = network_l8(l8, size)
     if out is None:
         out = np.empty(small.shape, np.float32)
     # l8 = L* * 255/100, so (L*-50)/50 = l8/127.5 - 1

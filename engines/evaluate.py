@@ -14,6 +14,12 @@ frame's colours copied along the input's own optical flow to every later frame
 ("carried"; on the current L). Its E_warp is the floor that the L channel alone sets,
 so `flicker_left` = (on − carried) / (off − carried) is the share of the per-frame
 model's colour flicker that the state leaves; `ewarp_ratio` = on / off includes the floor.
+
+"stabilised" is state on followed by the flow-guided colour stabiliser (engines/stabilise.py)
+that pipelines and `chromacast colorize` apply by default; `stabilised_ratio` and
+`stabilised_flicker_left` score it the same way. Its flow (DIS ultrafast at the network's
+input size) is computed apart from the metric's (DIS medium at the evaluation size). Both
+state-on variants merge ab with L on the host, so they differ only by the stabiliser.
 """
 from __future__ import annotations
 
@@ -33,13 +39,14 @@ from stream.logs import setup_logging
 
 from engines import colour, metrics
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
+from engines.stabilise import ColourStabiliser, StabiliserSettings
 
 log = logging.getLogger("chromacast.eval")
 
 DATA = Path("../shared/data/eval")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
-VARIANTS = ("state_on", "state_off", "grey", "ground_truth", "carried")
+VARIANTS = ("state_on", "state_off", "grey", "ground_truth", "carried", "stabilised")
 
 
 class EvalError(RuntimeError):
@@ -160,8 +167,9 @@ class SequenceScore:
 
 
 def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | None,
-                   net_short_side: int | None = None) -> dict:
+                   net_short_side: int | None = None, stabiliser: StabiliserSettings = StabiliserSettings()) -> dict:
     """Score one video frame by frame (memory stays bounded whatever its length)."""
+    stabilise = ColourStabiliser(stabiliser, engine.info.ab_stride)
     scores = {v: SequenceScore(with_psnr=v != "ground_truth") for v in VARIANTS}
     flow = metrics.DisFlow()
     carried = fresh = None
@@ -174,7 +182,10 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
         engine.reset_state(fresh)
         # the flow of the input frames is shared by every variant being scored
         pair = flow.pair(prev_l8, l8) if prev_l8 is not None else None
-        outputs = {"state_on": engine.colorize([l8], [carried])[0],
+        l_net = colour.network_l8(l8, carried.size)
+        ab = engine.predict([l_net], [carried])[0]
+        outputs = {"state_on": engine.merge(l8, ab.copy()),
+                   "stabilised": engine.merge(l8, stabilise.apply(l_net, ab)),
                    "state_off": engine.colorize([l8], [fresh])[0],
                    "grey": grey_baseline(l8), "ground_truth": gt}
         outputs["carried"] = outputs["state_on"] if pair is None else carry_colours(scores["carried"].prev, l8, pair)
@@ -191,9 +202,11 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
 
 def ewarp_ratios(result: dict) -> dict:
     """on / off, and the share of the per-frame flicker above the carried floor that is left."""
-    on, off, floor = (result[v]["ewarp"] for v in ("state_on", "state_off", "carried"))
+    on, off, floor, steady = (result[v]["ewarp"] for v in ("state_on", "state_off", "carried", "stabilised"))
     return {"ewarp_ratio": on / off if off > 0 else None,
-            "flicker_left": (on - floor) / (off - floor) if off > floor else None}
+            "flicker_left": (on - floor) / (off - floor) if off > floor else None,
+            "stabilised_ratio": steady / off if off > 0 else None,
+            "stabilised_flicker_left": (steady - floor) / (off - floor) if off > floor else None}
 
 
 def mean_over(results: dict[str, dict]) -> dict:
@@ -231,17 +244,17 @@ def print_table(report: dict) -> None:
                   f"{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
                   f"{_fmt(r.get('colourfulness_ratio')):>7}")
     if report.get("videos"):
-        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT/carried':<37}"
-              f"{'on/off':>7}{'left':>6}  {'CDC x1e3: on/off/grey/GT':<26}{'PSNR on/off':>12}")
+        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT/carried/stab':<43}"
+              f"{'on/off':>7}{'left':>7}{'stab/off':>9}  {'CDC x1e3: on/off/grey/GT/stab':<31}{'PSNR on/off':>12}")
         rows = dict(report["videos"], **({"mean": report["video_mean"]} if report.get("video_mean") else {}))
         for name, r in rows.items():
             if "state_on" not in r:
                 continue
             ew = "/".join(_fmt(r[v]["ewarp"] * 1e3) for v in VARIANTS)
-            cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS[:4])
+            cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS if v != "carried")
             ps = f"{_fmt(r['state_on']['psnr'])}/{_fmt(r['state_off']['psnr'])}"
-            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<37}{_fmt(r.get('ewarp_ratio')):>7}"
-                  f"{_fmt(r.get('flicker_left')):>6}  {cd:<26}{ps:>12}")
+            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<43}{_fmt(r.get('ewarp_ratio'), '.3f'):>7}"
+                  f"{_fmt(r.get('flicker_left'), '.3f'):>7}{_fmt(r.get('stabilised_ratio'), '.3f'):>9}  {cd:<31}{ps:>12}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -253,6 +266,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--short-side", type=int, default=256, help="evaluation resolution (short side, pixels)")
     ap.add_argument("--network-short-side", type=int, default=None,
                     help="network input short side (default: the model's own, from its metadata)")
+    ap.add_argument("--stabiliser-strength", type=float, default=StabiliserSettings.strength,
+                    help="flow-guided colour stabiliser of the 'stabilised' variant, 0-1 (default %(default)s)")
+    ap.add_argument("--stabiliser-tolerance", type=float, default=StabiliserSettings.tolerance,
+                    help="its L difference tolerance, L units (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="write the full report here")
     ap.add_argument("--limit", type=int, default=None, help="at most N images per dataset and N frames per video")
     ap.add_argument("--no-images", action="store_true", help="skip the image datasets")
@@ -269,11 +286,17 @@ def run(args: argparse.Namespace) -> dict:
         raise EvalError(f"image folder not found: {args.images} (use --images DIR or --no-images)")
     if not args.no_videos and not args.videos.is_dir():
         raise EvalError(f"video folder not found: {args.videos} (use --videos DIR or --no-videos)")
+    try:
+        stabiliser = StabiliserSettings(args.stabiliser_strength, args.stabiliser_tolerance)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
     engine = open_engine(args.model, kind=args.engine)
     started = time.time()
     net = args.network_short_side or engine.info.default_short_side
     report: dict = {"model": str(args.model or DEFAULT_MODEL), "engine": engine.name, "short_side": args.short_side,
-                    "network_short_side": net, "images": {}, "videos": {}}
+                    "network_short_side": net,
+                    "stabiliser": {"strength": stabiliser.strength, "tolerance": stabiliser.tolerance},
+                    "images": {}, "videos": {}}
     try:
         if not args.no_images:
             for name, paths in image_datasets(args.images).items():
@@ -282,7 +305,7 @@ def run(args: argparse.Namespace) -> dict:
         if not args.no_videos:
             for path in sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTS):
                 log.info("video: %s", path.name)
-                report["videos"][path.stem] = evaluate_video(engine, path, args.short_side, args.limit, net)
+                report["videos"][path.stem] = evaluate_video(engine, path, args.short_side, args.limit, net, stabiliser)
             report["video_mean"] = mean_over(report["videos"])
     finally:
         engine.close()

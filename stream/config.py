@@ -106,10 +106,18 @@ class EngineConfig(Strict):
     max_wait_ms: float | None = Field(None, ge=0, le=1000)  # wait for a fuller batch; null: ~1 frame interval
 
 
+class StabiliserConfig(Strict):
+    """Flow-guided colour stabiliser after the network (engines/stabilise.py)."""
+
+    strength: float = Field(0.8, ge=0, lt=1)  # weight of the previous frame's colours along the motion; 0: off
+    tolerance: float = Field(10.0, gt=0, le=100)  # L difference (0-100) past which the network's own colours win
+
+
 class StateConfig(Strict):
     idle_timeout_s: float = Field(30.0, gt=0)  # free a stream's state after this long without frames
     gap_s: float = Field(1.0, gt=0)  # live: a pause this long restarts the stream's state from zero
     scene_cut: float = Field(0.0, ge=0, le=1)  # cut score (0..1, stream/scenecut.py) that starts a new shot; 0: off
+    stabiliser: StabiliserConfig = Field(default_factory=StabiliserConfig)
 
 
 class HintsConfig(Strict):

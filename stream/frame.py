@@ -53,6 +53,8 @@ class Frame:
     l8: np.ndarray | None = None
     colour: np.ndarray | None = None
     ab: np.ndarray | None = None  # the network's low-resolution ab, until merged into `colour`
+    l_net: np.ndarray | None = None  # `l8` at the network's input size, with `ab`
+    hinted: bool = False  # fed with user colour hints: shown as the network gives it, not stabilised
 
     @property
     def stream(self) -> str:

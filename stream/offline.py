@@ -20,6 +20,7 @@ from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and p
 
 from stream.logs import setup_logging
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
+from engines.stabilise import StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
 from stream.imagefile import ImageFileError, colorize_image, is_image
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-threshold", type=float, default=DEFAULT_SCENE_THRESHOLD, metavar="X",
                    help=f"scene-cut score (0..1) above which the state resets (default {DEFAULT_SCENE_THRESHOLD}; "
                         f"0 turns detection off)")
+    p.add_argument("--stabilise", type=float, default=StabiliserSettings.strength, metavar="S",
+                   help=f"colour stabiliser strength in [0, 1): previous colours carried along the motion "
+                        f"(default {StabiliserSettings.strength}; 0 turns it off)")
     p.add_argument("--short-side", type=int, metavar="N", help="network input short side (default: the model's)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="ONNX", help="model file (ONNX)")
     p.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
@@ -113,6 +117,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--scene-threshold {args.scene_threshold} is out of range 0..1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    if not 0 <= args.stabilise < 1:
+        raise UsageError(f"--stabilise {args.stabilise} is out of range [0, 1)")
 
 
 def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -147,7 +153,7 @@ def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | None,
              args: argparse.Namespace) -> int:
     folder = args.input.is_dir()
-    identity = job_identity(args.model, hints, args.threads)
+    identity = job_identity(args.model, hints, args.threads, args.stabilise)
     failures = skipped = 0
     # a folder gets a bar over its files; each video also gets its own bar over its frames
     files = tqdm(jobs, desc=args.input.name, unit="file", dynamic_ncols=True,
@@ -184,7 +190,8 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
     opts = VideoJobOptions(short_side=args.short_side, scene_threshold=args.scene_threshold,
                            encode=EncodeSettings(args.codec, args.crf, args.bitrate, args.preset),
                            segment_frames=args.segment_frames, resume=args.resume, compare=args.compare,
-                           hints=hints if hints else None, identity=identity)
+                           hints=hints if hints else None, identity=identity,
+                           stabiliser=StabiliserSettings(args.stabilise))
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -214,9 +221,11 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
     return "; ".join(parts)
 
 
-def job_identity(model: Path, hints: HintsFile | None, threads: int | None) -> dict:
+def job_identity(model: Path, hints: HintsFile | None, threads: int | None,
+                 stabilise: float = StabiliserSettings.strength) -> dict:
     """What, beyond the input and encoding, a resumed video job must share with the interrupted one."""
-    return {"model": model_identity(model), "hints": hints.digest if hints else None, "threads": threads}
+    return {"model": model_identity(model), "hints": hints.digest if hints else None, "threads": threads,
+            "stabilise": stabilise}
 
 
 def model_identity(model: Path) -> str:

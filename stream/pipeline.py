@@ -19,6 +19,7 @@ from typing import Callable
 
 from engines.backend import Engine, EngineError, open_engine
 from engines.hints import Hint
+from engines.stabilise import StabiliserSettings, Stabilisers
 from stream.batcher import Batcher
 from stream.config import PipelineConfig
 from stream.ingest import SourceWorker
@@ -154,12 +155,21 @@ class Pipeline:
         self.engine_stage = EngineStage(self.engine, self.batcher, self.slots, self._engine_out, self.fail)
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
         self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
-                                        merge=self.engine.merge)
+                                        merge=self.engine.merge, stabilisers=self._stabilisers())
         for thread in self.sink_workers + [self.output_stage, self.engine_stage]:
             thread.start()
         for source in self.sources:
             source.start()
         self.batcher.no_more_streams()
+
+    def _stabilisers(self) -> Stabilisers | None:
+        cfg = self.config.state.stabiliser
+        if cfg.strength == 0:
+            return None
+        if self.engine.merges_on_device:  # its ab never reaches the host
+            log.info("colour stabiliser off: the %s engine merges on the GPU", self.engine.name)
+            return None
+        return Stabilisers(StabiliserSettings(cfg.strength, cfg.tolerance), self.engine.info.ab_stride)
 
     def request_stop(self) -> None:
         """Graceful stop: no new frames; everything already read reaches every sink."""

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--short-side", type=int, help="network input short side in pixels")
     p.add_argument("--threads", type=int, help="CPU threads for the engine")
+    p.add_argument("--stabilise", type=float, metavar="S",
+                   help="colour stabiliser strength, 0 to <1 (0: off; default 0.8)")
     p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
     p.add_argument("--no-publish", action="store_true", help="do not publish over ZeroMQ")
     p.add_argument("--record", metavar="PATH", help="record each stream to PATH ({stream} = stream id)")
@@ -72,6 +74,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         out["window"] = {}
     if args.duration is not None:
         out["duration_s"] = args.duration
+    if args.stabilise is not None:
+        out["state"] = {"stabiliser": {"strength": args.stabilise}}
     return out
 
 

@@ -2,7 +2,8 @@
 
 EngineStage: batcher → per-stream state slots → Engine.predict (the network, low-resolution
 ab) → the output queue; a GPU engine merges on the device (Engine.colorize) instead.
-OutputStage: merge ab with the full-resolution L (upsample, Lab → BGR), publish over ZeroMQ, count the frame and its latency, fan out to the sinks
+OutputStage: steady each stream's ab along the motion (engines/stabilise.py), merge it with
+the full-resolution L (upsample, Lab → BGR), publish over ZeroMQ, count the frame and its latency, fan out to the sinks
 that run in their own threads (recorder, window).
 
 ONNX Runtime, OpenCV and ZeroMQ release the GIL, so these threads and the ingest threads
@@ -18,6 +19,8 @@ from typing import Callable
 import numpy as np
 
 from engines.backend import Engine
+from engines.colour import network_l8
+from engines.stabilise import StabiliserSettings, Stabilisers
 from stream.batcher import Batcher
 from stream.frame import Frame, StreamEnd
 from stream.queues import BoundedQueue, QueueClosed
@@ -67,6 +70,7 @@ class EngineStage(threading.Thread):
         for frame in group:
             frame.header.stamp("batch")
             state, frame_hints = self.slots.take(frame)
+            frame.hinted = bool(frame_hints)
             states.append(state)
             hints.append(frame_hints)
         l8 = [f.l8 for f in group]
@@ -75,9 +79,11 @@ class EngineStage(threading.Thread):
             for frame, colour in zip(group, self.engine.colorize(l8, states, hints)):
                 frame.colour = colour
         else:  # the full-resolution merge runs on the output thread, overlapping the next batch
-            ab = self.engine.predict(l8, states, hints)
+            # resized here, once: the network's input and the stabiliser's flow both use it
+            l_net = [network_l8(f, states[0].size) for f in l8]
+            ab = self.engine.predict(l_net, states, hints)
             for i, frame in enumerate(group):
-                frame.ab = ab[i]
+                frame.ab, frame.l_net = ab[i], l_net[i]
         self.batches += 1
         self.batched_frames += len(group)
         for frame in group:
@@ -88,11 +94,14 @@ class EngineStage(threading.Thread):
 class OutputStage(threading.Thread):
     def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
                  sink_queues: list[BoundedQueue], on_error: Callable[[str], None],
-                 merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge):
+                 merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge,
+                 stabilisers: Stabilisers | None = None):
         """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
-        `merge`: the engine's merge of full-resolution L with low-resolution ab."""
+        `merge`: the engine's merge of full-resolution L with low-resolution ab;
+        `stabilisers`: per-stream colour stabilisers (None or strength 0: off)."""
         super().__init__(name="output", daemon=True)
         self.merge = merge
+        self.stabilisers = stabilisers if stabilisers is not None else Stabilisers(StabiliserSettings(0.0), 1)
         self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
         self._on_error = on_error
 
@@ -105,13 +114,17 @@ class OutputStage(threading.Thread):
                 except QueueClosed:
                     break
                 if isinstance(item, StreamEnd):
+                    self.stabilisers.end(item.stream)
                     if publisher:
                         publisher.end_stream(item)
                     for queue in self.sink_queues:
                         queue.put(item, force=True)
                     continue
                 if item.colour is None:
+                    header = item.header
+                    self.stabilisers.apply(header.stream, item.l_net, item.ab, header.reset or item.hinted)
                     item.colour = self.merge(item.l8, item.ab)
+                    item.l_net = None
                     item.ab = None
                 if publisher:
                     publisher.write(item)

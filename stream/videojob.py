@@ -3,7 +3,7 @@
 One stream's frames are sequential (the recurrent state), so inference runs one
 frame at a time; decoding runs ahead on one thread and encoding behind on another,
 through bounded queues. Frames are encoded in segments of `segment_frames`; after
-each, the engine state is saved in the work folder (stream.workfolder), so
+each, the engine state (and the colour stabiliser's) is saved in the work folder (stream.workfolder), so
 `--resume` restarts after the last finished segment and writes exactly what an
 uninterrupted run writes. At the end the segments are remuxed, with the input's
 audio, into a temporary file that is renamed to the output.
@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from engines.backend import Engine, StreamState
-from engines.colour import to_l8
+from engines.colour import network_l8, to_l8
+from engines.stabilise import ColourStabiliser, StabiliserSettings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
@@ -44,6 +45,7 @@ class VideoJobOptions:
     resume: bool = False
     compare: Path | None = None
     hints: FrameHints | None = None
+    stabiliser: StabiliserSettings = field(default_factory=StabiliserSettings)
     identity: dict = field(default_factory=dict)  # model, hints digest...: a resumed run must match
 
 
@@ -103,6 +105,9 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     state = _resume_state(engine, work, done, size)
     if state is None:
         done, state = [], engine.new_state(size)
+    stabiliser = _stabiliser(engine, opts.stabiliser)
+    if stabiliser and done:
+        stabiliser.load_arrays(work.load_extra(done[-1].number))
     start = done[-1].last_index + 1 if done else 0
     anchor = (done[-1].last_index, done[-1].last_pts) if done else None
     report.resumed_at = start
@@ -128,21 +133,30 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
                 segment_origin = f.pts
             if cut:
                 engine.reset_state(state)
+                if stabiliser:
+                    stabiliser.reset()
                 report.cuts += 1
             frame_hints = hints.hints_for(f.index, f.time_s, prev_time, info.frame_duration_s,
                                           info.width, info.height) if hints else None
             report.hinted_frames += bool(frame_hints)
-            out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
+            if stabiliser:
+                if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
+                    stabiliser.reset()
+                l_net = network_l8(l8, size)
+                ab = engine.predict([l_net], [state], [frame_hints] if frame_hints else None)[0]
+                out = engine.merge(l8, stabiliser.apply(l_net, ab))
+            else:
+                out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
                 worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
-                               state_copy(state)))
+                               state_copy(state), stabiliser.to_arrays() if stabiliser else None))
             prev_time, last = f.time_s, f
             if progress:
                 progress(f.index + 1, max(info.frames, f.index + 1))
         if last is not None and (last.index + 1) % seg:
             worker.submit(("end", SegmentRecord(last.index // seg, segment_origin, last.index, last.pts,
-                                                last.time_s), state_copy(state)))
+                                                last.time_s), state_copy(state), None))
         worker.close()
     except BaseException:
         decoded.close()  # stops the decode thread before the reader closes
@@ -172,6 +186,15 @@ def _resume_state(engine: Engine, work: WorkFolder, done: list[SegmentRecord],
         log.warning("the %s engine could not save its state: starting over", engine.name)
         return None
     return engine.state_from_numpy(array, size)
+
+
+def _stabiliser(engine: Engine, settings: StabiliserSettings) -> ColourStabiliser | None:
+    if not settings.enabled:
+        return None
+    if engine.merges_on_device:  # its ab never reaches the host
+        log.info("colour stabiliser off: the %s engine merges on the GPU", engine.name)
+        return None
+    return ColourStabiliser(settings, engine.info.ab_stride)
 
 
 def _state_saver(engine: Engine) -> Callable[[StreamState], np.ndarray | None]:
@@ -207,12 +230,12 @@ class _SegmentWriter:
             if "cmp" in self.encoders:
                 self.encoders["cmp"].write(np.hstack([bgr, out]), pts, duration)
         else:
-            _, record, state = op
+            _, record, state, extra = op
             for enc in self.encoders.values():
                 enc.close()
             record = replace(record, reorder_delays={k: e.reorder_delay for k, e in self.encoders.items()})
             self.encoders = {}
-            self.work.finish_segment(record, state, list(record.reorder_delays))
+            self.work.finish_segment(record, state, list(record.reorder_delays), extra)
 
     def _open(self, number: int) -> None:
         w, h = self.info.width, self.info.height

@@ -122,7 +122,13 @@ class WorkFolder:
         with np.load(self.path / f"state-{number:05d}.npz") as data:
             return data["state"].copy() if "state" in data else None
 
-    def finish_segment(self, record: SegmentRecord, state: np.ndarray | None, kinds: list[str]) -> None:
+    def load_extra(self, number: int) -> dict[str, np.ndarray]:
+        """The other arrays saved with segment `number`'s state (e.g. the colour stabiliser's)."""
+        with np.load(self.path / f"state-{number:05d}.npz") as data:
+            return {k: data[k].copy() for k in data.files if k not in ("record", "state")}
+
+    def finish_segment(self, record: SegmentRecord, state: np.ndarray | None, kinds: list[str],
+                       extra: dict[str, np.ndarray] | None = None) -> None:
         """Rename the segment's files to their final names, then record its state (the commit point)."""
         for kind in kinds:
             _fsync(self.temp_segment_path(kind, record.number))
@@ -131,6 +137,7 @@ class WorkFolder:
         arrays = {"record": np.array(json.dumps(asdict(record)))}
         if state is not None:
             arrays["state"] = state
+            arrays.update(extra or {})
         np.savez(buf, **arrays)
         _write_atomic(self.path / f"state-{record.number:05d}.npz", buf.getvalue())
 

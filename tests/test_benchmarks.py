@@ -184,7 +184,8 @@ def test_matrix_plots_and_summary_come_from_the_json(file_run, tmp_path):
     matrix = {"machine": report.machine_info(), "settings": {"seconds": 2.0, "warmup_s": 0.5},
               "cases": [variant("720p", 1, True, 29.9, 71.5), variant("720p", 2, True, 41.0, 300.0),
                         variant("720p", 1, False, 55.0, 400.0), variant("720p", 2, False, 60.0, 700.0)],
-              "batch_scaling": [], "seed": {"fps": 2.5, "frames": 6, "route": "seed", "input": "224x224"}}
+              "batch_scaling": [], "seed": {"fps": 2.5, "frames": 6, "route": "seed", "input": "224x224"},
+              "stabiliser_off": variant("720p", 1, False, 62.5, 380.0)}
     plots = report.write_plots(matrix, tmp_path)
     for name in plots.values():
         assert_png(tmp_path / name)
@@ -195,14 +196,17 @@ def test_matrix_plots_and_summary_come_from_the_json(file_run, tmp_path):
     assert found["knees"]["720p"]["realtime_knee"] == 2
     assert found["goal"]["checks"]["met"]
     assert "falls behind at 2" in summary
+    assert found["stabiliser"]["ratio"] == pytest.approx(55.0 / 62.5)
+    assert "55.0 fps with it, 62.5 fps without (0.88x)" in summary
 
     # redrawn from the saved JSON, with a later quality.json beside it
     (tmp_path / "matrix.json").write_text(json.dumps(matrix))
     ewarp = {"ewarp": 0.000777, "cdc": 0.002, "psnr": 20.0}
     (tmp_path / "quality.json").write_text(json.dumps({"model": "m.onnx", "short_side": 256, "video_mean": {
-        v: ewarp for v in ("state_on", "state_off", "grey", "ground_truth", "carried")}}))
+        v: ewarp for v in ("state_on", "state_off", "grey", "ground_truth", "carried", "stabilised")}}))
     assert report.main([str(tmp_path / "matrix.json")]) == 0
     assert "| carried | 0.777 |" in (tmp_path / "SUMMARY.md").read_text()
+    assert "| stabilised | 0.777 |" in (tmp_path / "SUMMARY.md").read_text()
 
 
 def test_bench_command_rejects_a_missing_file(tmp_path, capsys):

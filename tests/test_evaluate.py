@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engines import colour, evaluate, metrics
+from engines.stabilise import StabiliserSettings
 
 
 def colour_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,7 +67,7 @@ def test_eval_reports_images_and_videos(tiny_model: Path, eval_data: Path, tmp_p
 
     v = report["videos"]["pan"]
     assert v["frames"] == 10
-    for variant in ("state_on", "state_off", "grey", "ground_truth", "carried"):
+    for variant in ("state_on", "state_off", "grey", "ground_truth", "carried", "stabilised"):
         assert v[variant]["ewarp"] >= 0 and v[variant]["cdc"] >= 0
     assert v["ground_truth"]["ewarp"] < 2e-3  # a clean pan is (nearly) perfectly warpable
     assert v["state_on"]["psnr"] > 5 and "psnr" not in v["ground_truth"]
@@ -77,8 +78,22 @@ def test_eval_reports_images_and_videos(tiny_model: Path, eval_data: Path, tmp_p
     floor = v["carried"]["ewarp"]
     assert v["flicker_left"] == pytest.approx((v["state_on"]["ewarp"] - floor) / (v["state_off"]["ewarp"] - floor))
     assert report["video_mean"]["state_on"]["ewarp"] == pytest.approx(v["state_on"]["ewarp"])
+    assert v["stabilised"]["ewarp"] <= v["state_on"]["ewarp"]
+    assert v["stabilised_ratio"] == pytest.approx(v["stabilised"]["ewarp"] / v["state_off"]["ewarp"])
+    assert report["stabiliser"] == {"strength": 0.8, "tolerance": 10.0}
     table = capsys.readouterr().out
     assert "setA" in table and "pan" in table and "E_warp" in table
+
+
+def test_stabilised_variant_is_steadier_with_a_real_model(engine, eval_data: Path):
+    """The shipped model colours the pan (the tiny random one barely does); the stabiliser
+    carries those colours along it, and with strength 0 it is the state-on variant itself."""
+    pan = eval_data / "videos" / "pan.mp4"
+    on = evaluate.evaluate_video(engine, pan, 96, None, 96)
+    assert on["stabilised"]["ewarp"] < 0.95 * on["state_on"]["ewarp"]
+    assert on["stabilised"]["psnr"] > on["state_on"]["psnr"] - 0.5
+    off = evaluate.evaluate_video(engine, pan, 96, None, 96, StabiliserSettings(0.0))
+    assert off["stabilised"] == off["state_on"] == on["state_on"]
 
 
 def test_eval_limit_and_no_videos(tiny_model: Path, eval_data: Path, tmp_path: Path):

@@ -62,6 +62,17 @@ def test_bad_config_names_key_and_problem(tmp_path, body, pattern):
     assert result.returncode == 2
 
 
+def test_stabilise_option_overrides_the_config_and_is_checked(tmp_path):
+    from stream import pipeline_cli
+
+    webcam = str(ROOT / "configs" / "webcam.yaml")
+    config = pipeline_cli.load(pipeline_cli.build_parser().parse_args(["--config", webcam, "--stabilise", "0"]))
+    assert config.state.stabiliser.strength == 0
+    assert config.state.stabiliser.tolerance == 10 and config.state.scene_cut == 0.2  # the rest of the file stays
+    result = run_cli(["run", "--config", webcam, "--stabilise", "1.5", "--no-publish"], timeout=60, cwd=tmp_path)
+    assert_one_clear_error(result, r"state\.stabiliser\.strength: Input should be less than 1")
+
+
 def test_run_prints_summary_and_records(tmp_path):
     clip = write_video(tmp_path / "clip.mp4", frames=20, width=128, height=96, fps=20)
     config = write_config(tmp_path, f"""
