@@ -169,6 +169,8 @@ class Pipeline:
         if self.engine.merges_on_device:  # its ab never reaches the host
             log.info("colour stabiliser off: the %s engine merges on the GPU", self.engine.name)
             return None
+        log.info("colour stabiliser: strength %g, tolerance %g (state.stabiliser; 0 turns it off)",
+                 cfg.strength, cfg.tolerance)
         return Stabilisers(StabiliserSettings(cfg.strength, cfg.tolerance), self.engine.info.ab_stride)
 
     def request_stop(self) -> None:
