@@ -20,10 +20,13 @@ on a frame fed with user colour hints, so a hint shows at once and is carried fr
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+log = logging.getLogger("chromacast.stabilise")
 
 L_UNITS_PER_LEVEL = np.float32(100 / 255)
 
@@ -42,6 +45,17 @@ class StabiliserSettings:
     @property
     def enabled(self) -> bool:
         return self.strength > 0
+
+
+def usable_settings(settings: StabiliserSettings, engine) -> StabiliserSettings | None:
+    """`settings` where `engine` (engines.backend.Engine) can be stabilised, else None: off,
+    or an engine that merges on the GPU, whose ab never reaches the host (logged)."""
+    if not settings.enabled:
+        return None
+    if engine.merges_on_device:
+        log.info("colour stabiliser off: the %s engine merges on the GPU", engine.name)
+        return None
+    return settings
 
 
 class ColourStabiliser:
@@ -123,8 +137,6 @@ class Stabilisers:
     def apply(self, stream_id: str, l_net: np.ndarray, ab: np.ndarray, restart: bool) -> np.ndarray:
         """`restart`: the stream's recurrent state started from zero with this frame, or the
         frame was fed with hints (its colours are taken as they are)."""
-        if not self.settings.enabled:
-            return ab
         stabiliser = self._streams.get(stream_id)
         if stabiliser is None:
             stabiliser = self._streams[stream_id] = ColourStabiliser(self.settings, self.ab_stride)
@@ -135,5 +147,6 @@ class Stabilisers:
     def end(self, stream_id: str) -> None:
         self._streams.pop(stream_id, None)
 
-    def __len__(self) -> int:
+    @property
+    def stream_count(self) -> int:
         return len(self._streams)

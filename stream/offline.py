@@ -117,8 +117,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--scene-threshold {args.scene_threshold} is out of range 0..1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
-    if not 0 <= args.stabilise < 1:
-        raise UsageError(f"--stabilise {args.stabilise} is out of range [0, 1)")
+    try:
+        StabiliserSettings(args.stabilise)
+    except ValueError:
+        raise UsageError(f"--stabilise {args.stabilise} is out of range [0, 1)") from None
 
 
 def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from engines.backend import Engine, EngineError, open_engine
 from engines.hints import Hint
-from engines.stabilise import StabiliserSettings, Stabilisers
+from engines.stabilise import StabiliserSettings, Stabilisers, usable_settings
 from stream.batcher import Batcher
 from stream.config import PipelineConfig
 from stream.ingest import SourceWorker
@@ -164,14 +164,12 @@ class Pipeline:
 
     def _stabilisers(self) -> Stabilisers | None:
         cfg = self.config.state.stabiliser
-        if cfg.strength == 0:
-            return None
-        if self.engine.merges_on_device:  # its ab never reaches the host
-            log.info("colour stabiliser off: the %s engine merges on the GPU", self.engine.name)
+        settings = usable_settings(StabiliserSettings(cfg.strength, cfg.tolerance), self.engine)
+        if settings is None:
             return None
         log.info("colour stabiliser: strength %g, tolerance %g (state.stabiliser; 0 turns it off)",
                  cfg.strength, cfg.tolerance)
-        return Stabilisers(StabiliserSettings(cfg.strength, cfg.tolerance), self.engine.info.ab_stride)
+        return Stabilisers(settings, self.engine.info.ab_stride)
 
     def request_stop(self) -> None:
         """Graceful stop: no new frames; everything already read reaches every sink."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.backend import Engine
 from engines.colour import network_l8
-from engines.stabilise import StabiliserSettings, Stabilisers
+from engines.stabilise import Stabilisers
 from stream.batcher import Batcher
 from stream.frame import Frame, StreamEnd
 from stream.queues import BoundedQueue, QueueClosed
@@ -98,10 +98,10 @@ class OutputStage(threading.Thread):
                  stabilisers: Stabilisers | None = None):
         """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
         `merge`: the engine's merge of full-resolution L with low-resolution ab;
-        `stabilisers`: per-stream colour stabilisers (None or strength 0: off)."""
+        `stabilisers`: per-stream colour stabilisers (None: off)."""
         super().__init__(name="output", daemon=True)
         self.merge = merge
-        self.stabilisers = stabilisers if stabilisers is not None else Stabilisers(StabiliserSettings(0.0), 1)
+        self.stabilisers = stabilisers
         self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
         self._on_error = on_error
 
@@ -114,15 +114,17 @@ class OutputStage(threading.Thread):
                 except QueueClosed:
                     break
                 if isinstance(item, StreamEnd):
-                    self.stabilisers.end(item.stream)
+                    if self.stabilisers is not None:
+                        self.stabilisers.end(item.stream)
                     if publisher:
                         publisher.end_stream(item)
                     for queue in self.sink_queues:
                         queue.put(item, force=True)
                     continue
                 if item.colour is None:
-                    header = item.header
-                    self.stabilisers.apply(header.stream, item.l_net, item.ab, header.reset or item.hinted)
+                    if self.stabilisers is not None:
+                        header = item.header
+                        self.stabilisers.apply(header.stream, item.l_net, item.ab, header.reset or item.hinted)
                     item.colour = self.merge(item.l8, item.ab)
                     item.l_net = None
                     item.ab = None

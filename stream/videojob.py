@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.backend import Engine, StreamState
 from engines.colour import network_l8, to_l8
-from engines.stabilise import ColourStabiliser, StabiliserSettings
+from engines.stabilise import ColourStabiliser, StabiliserSettings, usable_settings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
@@ -105,7 +105,8 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     state = _resume_state(engine, work, done, size)
     if state is None:
         done, state = [], engine.new_state(size)
-    stabiliser = _stabiliser(engine, opts.stabiliser)
+    settings = usable_settings(opts.stabiliser, engine)
+    stabiliser = ColourStabiliser(settings, engine.info.ab_stride) if settings else None
     if stabiliser and done:
         stabiliser.load_arrays(work.load_extra(done[-1].number))
     start = done[-1].last_index + 1 if done else 0
@@ -186,15 +187,6 @@ def _resume_state(engine: Engine, work: WorkFolder, done: list[SegmentRecord],
         log.warning("the %s engine could not save its state: starting over", engine.name)
         return None
     return engine.state_from_numpy(array, size)
-
-
-def _stabiliser(engine: Engine, settings: StabiliserSettings) -> ColourStabiliser | None:
-    if not settings.enabled:
-        return None
-    if engine.merges_on_device:  # its ab never reaches the host
-        log.info("colour stabiliser off: the %s engine merges on the GPU", engine.name)
-        return None
-    return ColourStabiliser(settings, engine.info.ab_stride)
 
 
 def _state_saver(engine: Engine) -> Callable[[StreamState], np.ndarray | None]:

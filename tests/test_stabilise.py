@@ -113,7 +113,7 @@ def test_streams_are_kept_apart_and_restart():
     assert np.array_equal(fresh, np.zeros(shape))
     many.end("a")
     many.end("b")
-    assert len(many) == 0
+    assert many.stream_count == 0
 
 
 @pytest.mark.parametrize("strength, tolerance", [(1.0, 10), (-0.1, 10), (0.5, 0)])
@@ -122,7 +122,7 @@ def test_bad_settings_are_refused(strength, tolerance):
         StabiliserSettings(strength, tolerance)
 
 
-def run_and_collect(config, engine) -> list[np.ndarray]:
+def run_and_collect(config, engine) -> tuple[list[np.ndarray], Stabilisers | None]:
     pipeline = Pipeline(config, engine).open()
     subscriber = Subscriber(pipeline.endpoint)
     try:
@@ -138,11 +138,11 @@ def run_and_collect(config, engine) -> list[np.ndarray]:
             elif message.stream == "clip":
                 break
         assert pipeline.wait(60) and pipeline.error is None
-        assert len(pipeline.output_stage.stabilisers) == 0  # freed at the end of the stream
+        stabilisers = pipeline.output_stage.stabilisers
     finally:
         pipeline.close()
         subscriber.close()
-    return images
+    return images, stabilisers
 
 
 def write_pan(path, frames: int = 16) -> tuple:
@@ -164,7 +164,11 @@ def test_pipeline_stabilises_each_stream(tmp_path, engine):
     for name, strength in (("off", 0.0), ("on", 0.8)):
         config = make_config([{"id": "clip", "file": str(clip)}], state={"stabiliser": {"strength": strength}},
                              publish={"bind": f"tcp://127.0.0.1:{free_port()}", "jpeg_quality": 100})
-        runs[name] = run_and_collect(config, engine)
+        runs[name], stabilisers = run_and_collect(config, engine)
+        if strength == 0:
+            assert stabilisers is None
+        else:
+            assert stabilisers.stream_count == 0  # freed at the end of the stream
     off, on = runs["off"], runs["on"]
     assert len(off) == len(on) == 16
     assert np.abs(on[0].astype(np.int16) - off[0]).mean() < 0.5  # first frame: nothing to carry yet
