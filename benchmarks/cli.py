@@ -24,6 +24,7 @@ from pathlib import Path
 from benchmarks.case import BenchError, CaseSpec, run_case
 from benchmarks.clips import SIZES
 from benchmarks.stats import SEGMENT_LABELS
+from engines.stabilise import StabiliserSettings
 from stream.logs import error_line, setup_logging
 
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, metavar="N", help="engine max batch (default: pipeline's)")
     p.add_argument("--threads", type=int, metavar="N", help="engine CPU threads (default: all cores)")
     p.add_argument("--stabiliser", type=float, metavar="S",
-                   help="colour stabiliser strength, 0 = off (default: the pipeline's, 0.8)")
+                   help=f"colour stabiliser strength, 0 = off (default: the pipeline's, {StabiliserSettings.strength})")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--input", type=Path, action="append", metavar="FILE",

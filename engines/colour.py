@@ -98,28 +98,34 @@ def fit_chroma_to_gamut(L: np.ndarray, ab: np.ndarray, iterations: int = 6, tole
     """Scale ab down (in place, per pixel) where (L, ab) lies outside sRGB.
 
     Converting an out-of-gamut colour clips RGB and so changes its lightness; shrinking
-    the chroma instead keeps the input's L, as the product promises. Works at the
-    network's ab resolution, where it costs a few small conversions (one when all fits)."""
+    the chroma instead keeps the input's L, as the product promises. One pair of
+    conversions when everything fits, then a few more on the pixels that do not."""
     lab = np.empty(L.shape + (3,), np.float32)
     lab[..., 0] = L
-
-    def fits(scale) -> np.ndarray:
-        lab[..., 1] = ab[0] * scale
-        lab[..., 2] = ab[1] * scale
-        back = cv2.cvtColor(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR), cv2.COLOR_BGR2Lab)
-        return np.abs(back[..., 0] - L) <= tolerance
-
-    inside = fits(np.float32(1))
+    lab[..., 1], lab[..., 2] = ab[0], ab[1]
+    inside = _keeps_lightness(lab, tolerance)
     if inside.all():
         return
-    lo, hi = np.zeros_like(L), np.ones_like(L)
+    # bisect the scale only where the colour does not fit: usually a small share of the frame
+    where = np.nonzero(~inside)
+    outside = np.empty((len(where[0]), 1, 3), np.float32)
+    outside[:, 0, 0] = L[where]
+    a, b = ab[0][where], ab[1][where]
+    lo, hi = np.zeros(len(a), np.float32), np.ones(len(a), np.float32)
     for _ in range(iterations):
         mid = (lo + hi) * 0.5
-        ok = fits(mid)
+        outside[:, 0, 1], outside[:, 0, 2] = a * mid, b * mid
+        ok = _keeps_lightness(outside, tolerance)[:, 0]
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
-    scale = np.where(inside, np.float32(1), lo)
-    ab *= scale
+    ab[0][where] = a * lo
+    ab[1][where] = b * lo
+
+
+def _keeps_lightness(lab: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per pixel: does the Lab colour come back from sRGB with its L (within tolerance)?"""
+    back = cv2.cvtColor(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR), cv2.COLOR_BGR2Lab)
+    return np.abs(back[..., 0] - lab[..., 0]) <= tolerance
 
 
 def bgr_to_lab_float(bgr: np.ndarray) -> np.ndarray:

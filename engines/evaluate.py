@@ -17,8 +17,8 @@ model's colour flicker that the state leaves; `ewarp_ratio` = on / off includes 
 
 "stabilised" is state on followed by the flow-guided colour stabiliser (engines/stabilise.py)
 that pipelines and `chromacast colorize` apply by default; `stabilised_ratio` and
-`stabilised_flicker_left` score it the same way. Its flow (DIS ultrafast at the network's
-input size) is computed apart from the metric's (DIS medium at the evaluation size). Both
+`stabilised_flicker_left` score it the same way. Its flow (DIS fast by default, at the
+network's input size) is computed apart from the metric's (DIS medium at the evaluation size). Both
 state-on variants merge ab with L on the host, so they differ only by the stabiliser.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from stream.logs import setup_logging
 
 from engines import colour, metrics
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
-from engines.stabilise import ColourStabiliser, StabiliserSettings
+from engines.stabilise import FLOW_PRESETS, ColourStabiliser, StabiliserSettings
 
 log = logging.getLogger("chromacast.eval")
 
@@ -270,6 +270,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="flow-guided colour stabiliser of the 'stabilised' variant, 0-1 (default %(default)s)")
     ap.add_argument("--stabiliser-tolerance", type=float, default=StabiliserSettings.tolerance,
                     help="its L difference tolerance, L units (default %(default)s)")
+    ap.add_argument("--stabiliser-flow", default=StabiliserSettings.flow, choices=sorted(FLOW_PRESETS),
+                    help="its DIS optical flow preset (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="write the full report here")
     ap.add_argument("--limit", type=int, default=None, help="at most N images per dataset and N frames per video")
     ap.add_argument("--no-images", action="store_true", help="skip the image datasets")
@@ -287,7 +289,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_videos and not args.videos.is_dir():
         raise EvalError(f"video folder not found: {args.videos} (use --videos DIR or --no-videos)")
     try:
-        stabiliser = StabiliserSettings(args.stabiliser_strength, args.stabiliser_tolerance)
+        stabiliser = StabiliserSettings(args.stabiliser_strength, args.stabiliser_tolerance, args.stabiliser_flow)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
     engine = open_engine(args.model, kind=args.engine)
@@ -295,7 +297,8 @@ def run(args: argparse.Namespace) -> dict:
     net = args.network_short_side or engine.info.default_short_side
     report: dict = {"model": str(args.model or DEFAULT_MODEL), "engine": engine.name, "short_side": args.short_side,
                     "network_short_side": net,
-                    "stabiliser": {"strength": stabiliser.strength, "tolerance": stabiliser.tolerance},
+                    "stabiliser": {"strength": stabiliser.strength, "tolerance": stabiliser.tolerance,
+                                   "flow": stabiliser.flow},
                     "images": {}, "videos": {}}
     try:
         if not args.no_images:

@@ -12,9 +12,11 @@ units, 0–100): where the flow is wrong, something was uncovered or the scene c
 is large and the network's own colours win. Along a steady motion the blend is a running
 average of the network's colours, so flicker fades and nothing lags far behind.
 
-Everything runs at the network's ab resolution, except the flow (OpenCV's DIS, ultrafast
-preset, on the network's own input L, which callers resize once for both); its cost on
-a pipeline: `chromacast bench --stabiliser 0` against the default.
+Everything runs at the network's input size: the flow (OpenCV's DIS, fast preset by
+default, on the network's own input L, which callers resize once for both), and the carried
+colours, the network's ab upsampled once: carried at the ab size, each frame's resampling
+along the flow would blur them a little more. Its cost on a pipeline: `chromacast bench
+--stabiliser 0` against the default.
 A stream's stabiliser restarts with its recurrent state (first frame, scene cut, gap) and
 on a frame fed with user colour hints, so a hint shows at once and is carried from there.
 """
@@ -29,16 +31,21 @@ import numpy as np
 log = logging.getLogger("chromacast.stabilise")
 
 L_UNITS_PER_LEVEL = np.float32(100 / 255)
+FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 
 
 @dataclass(frozen=True)
 class StabiliserSettings:
-    strength: float = 0.8  # weight of the carried colours where the motion is trusted; 0: off
+    strength: float = 0.85  # weight of the carried colours where the motion is trusted; 0: off
     tolerance: float = 10.0  # L difference (0–100) at which the weight falls to 1/e of strength
+    flow: str = "fast"  # DIS preset (FLOW_PRESETS): finer flow carries colours more exactly, at a cost
 
     def __post_init__(self):
         if not 0 <= self.strength < 1:
             raise ValueError(f"stabiliser strength must be in [0, 1), got {self.strength}")
+        if self.flow not in FLOW_PRESETS:
+            raise ValueError(f"stabiliser flow must be one of {', '.join(FLOW_PRESETS)}, got {self.flow!r}")
         if self.tolerance <= 0:
             raise ValueError(f"stabiliser tolerance must be positive, got {self.tolerance}")
 
@@ -63,65 +70,72 @@ class ColourStabiliser:
 
     def __init__(self, settings: StabiliserSettings, ab_stride: int):
         self.settings, self.ab_stride = settings, ab_stride
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._grid: np.ndarray | None = None  # h×w×2 pixel coordinates
+        self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[settings.flow])
+        self._grid: np.ndarray | None = None  # H×W×2 pixel coordinates
         self._l_net: np.ndarray | None = None  # previous L at network size (uint8), for the flow
-        self._l_ab: np.ndarray | None = None  # previous L at ab size (float32, L units)
-        self._ab: np.ndarray | None = None  # previous stabilised ab, h×w×2 float32
+        self._l: np.ndarray | None = None  # previous L at network size (float32, L units)
+        self._ab: np.ndarray | None = None  # previous stabilised ab, H×W×2 float32 at network size
 
     def reset(self) -> None:
-        self._l_net = self._l_ab = self._ab = None
+        self._l_net = self._l = self._ab = None
 
     def apply(self, l_net: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        """Stabilise `ab` (2×h×w float32, Lab units: the network's output) in place and return
-        it. `l_net`: the network's input, the frame's 8-bit L plane at (w, h) · ab_stride
-        (engines.colour.network_l8)."""
+        """The stabilised ab (2×H×W float32, Lab units) at the network's input size, for
+        `ab` (2×h×w: the network's output) and `l_net`, the network's input: the frame's
+        8-bit L plane at (w, h) · ab_stride (engines.colour.network_l8); a new array, ready
+        for engines.colour.merge_l8_ab (which clips it in place). Off, or on the first frame
+        after a (re)start: `ab` itself."""
         if not self.settings.enabled:
             return ab
         h, w = ab.shape[1:]
-        if l_net.shape != (h * self.ab_stride, w * self.ab_stride):
+        size = (w * self.ab_stride, h * self.ab_stride)
+        if l_net.shape != size[::-1]:
             raise ValueError(f"L plane {l_net.shape} is not the network input for ab {ab.shape[1:]}")
-        l_ab = cv2.resize(l_net, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
-        l_ab *= L_UNITS_PER_LEVEL
-        if self._ab is not None and self._ab.shape[:2] == (h, w):
-            self._blend(l_net, l_ab, ab)
-        self._l_net, self._l_ab = l_net, l_ab
-        self._ab = np.ascontiguousarray(ab.transpose(1, 2, 0))
-        return ab
+        # carried at the network size: at ab size every frame's resampling along the flow
+        # would blur the carried colours a little more, and muting builds up
+        cur = cv2.resize(ab.transpose(1, 2, 0), size, interpolation=cv2.INTER_LINEAR)
+        l_cur = l_net.astype(np.float32)
+        l_cur *= L_UNITS_PER_LEVEL
+        fresh = self._ab is None or self._ab.shape != cur.shape
+        if not fresh:
+            self._blend(l_net, l_cur, cur)
+        self._l_net, self._l, self._ab = l_net, l_cur, cur
+        if fresh:  # nothing carried yet: the network's own ab, exactly as without the stabiliser
+            return ab
+        return np.ascontiguousarray(cur.transpose(2, 0, 1))  # planar, and apart from what is kept
 
-    def _blend(self, l_net: np.ndarray, l_ab: np.ndarray, ab: np.ndarray) -> None:
-        h, w = l_ab.shape
+    def _blend(self, l_net: np.ndarray, l_cur: np.ndarray, ab: np.ndarray) -> None:
+        h, w = l_cur.shape
         # where each current pixel was in the previous frame
         flow = self._dis.calc(l_net, self._l_net, None)
-        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA)
-        flow *= np.float32(1 / self.ab_stride)
         if self._grid is None or self._grid.shape[:2] != (h, w):
             self._grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
         flow += self._grid  # now an absolute map (x, y) into the previous frame
         map_x, map_y = flow[..., 0], flow[..., 1]
-        prev_l = cv2.remap(self._l_ab, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        prev_l = cv2.remap(self._l, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         prev_ab = cv2.remap(self._ab, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         s = self.settings
-        prev_l -= l_ab
+        prev_l -= l_cur
         prev_l *= np.float32(1 / s.tolerance)
         weight = np.exp(-np.square(prev_l, out=prev_l), out=prev_l)
         weight *= np.float32(s.strength)
         # colours from outside the previous frame are not carried
         weight[(map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)] = 0
-        for c in range(2):
-            ab[c] += weight * (prev_ab[..., c] - ab[c])
+        prev_ab -= ab
+        prev_ab *= weight[..., None]
+        ab += prev_ab
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """What the next frame needs (empty after a reset), e.g. to resume a long job exactly."""
         if self._ab is None:
             return {}
-        return {"stabiliser_l_net": self._l_net, "stabiliser_l_ab": self._l_ab, "stabiliser_ab": self._ab}
+        return {"stabiliser_l_net": self._l_net, "stabiliser_l": self._l, "stabiliser_ab": self._ab}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Back to what to_arrays() returned (a missing part: start fresh)."""
         try:
             self._l_net = np.ascontiguousarray(arrays["stabiliser_l_net"], np.uint8)
-            self._l_ab = np.ascontiguousarray(arrays["stabiliser_l_ab"], np.float32)
+            self._l = np.ascontiguousarray(arrays["stabiliser_l"], np.float32)
             self._ab = np.ascontiguousarray(arrays["stabiliser_ab"], np.float32)
         except KeyError:
             self.reset()

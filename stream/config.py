@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engines.stabilise import StabiliserSettings
 from stream.protocol import STREAM_ID_PATTERN
 from stream.security import SecurityConfig
 
@@ -107,10 +108,14 @@ class EngineConfig(Strict):
 
 
 class StabiliserConfig(Strict):
-    """Flow-guided colour stabiliser after the network (engines/stabilise.py)."""
+    """Flow-guided colour stabiliser after the network (engines/stabilise.py, whose defaults these are)."""
 
-    strength: float = Field(0.8, ge=0, lt=1)  # weight of the previous frame's colours along the motion; 0: off
-    tolerance: float = Field(10.0, gt=0, le=100)  # L difference (0-100) past which the network's own colours win
+    # weight of the previous frame's colours along the motion; 0: off
+    strength: float = Field(StabiliserSettings.strength, ge=0, lt=1)
+    # L difference (0-100) past which the network's own colours win
+    tolerance: float = Field(StabiliserSettings.tolerance, gt=0, le=100)
+    # DIS optical flow preset (engines.stabilise.FLOW_PRESETS): finer carries more exactly, costs more
+    flow: Literal["ultrafast", "fast", "medium"] = StabiliserSettings.flow
 
 
 class StateConfig(Strict):

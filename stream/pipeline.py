@@ -164,11 +164,11 @@ class Pipeline:
 
     def _stabilisers(self) -> Stabilisers | None:
         cfg = self.config.state.stabiliser
-        settings = usable_settings(StabiliserSettings(cfg.strength, cfg.tolerance), self.engine)
+        settings = usable_settings(StabiliserSettings(cfg.strength, cfg.tolerance, cfg.flow), self.engine)
         if settings is None:
             return None
-        log.info("colour stabiliser: strength %g, tolerance %g (state.stabiliser; 0 turns it off)",
-                 cfg.strength, cfg.tolerance)
+        log.info("colour stabiliser: strength %g, tolerance %g, %s flow (state.stabiliser; strength 0 turns it off)",
+                 cfg.strength, cfg.tolerance, cfg.flow)
         return Stabilisers(settings, self.engine.info.ab_stride)
 
     def request_stop(self) -> None:

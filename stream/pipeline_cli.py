@@ -10,6 +10,7 @@ import argparse
 import re
 from pathlib import Path
 
+from engines.stabilise import StabiliserSettings
 from stream.config import ConfigError, PipelineConfig, load_config, parse_config
 from stream.logs import error_line, setup_logging
 from stream.pipeline import Pipeline, PipelineError
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, help="network input short side in pixels")
     p.add_argument("--threads", type=int, help="CPU threads for the engine")
     p.add_argument("--stabilise", type=float, metavar="S",
-                   help="colour stabiliser strength, 0 to <1 (0: off; default 0.8)")
+                   help=f"colour stabiliser strength, 0 to <1 (0: off; default {StabiliserSettings.strength})")
     p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
     p.add_argument("--no-publish", action="store_true", help="do not publish over ZeroMQ")
     p.add_argument("--record", metavar="PATH", help="record each stream to PATH ({stream} = stream id)")

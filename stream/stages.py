@@ -122,10 +122,11 @@ class OutputStage(threading.Thread):
                         queue.put(item, force=True)
                     continue
                 if item.colour is None:
+                    ab = item.ab
                     if self.stabilisers is not None:
                         header = item.header
-                        self.stabilisers.apply(header.stream, item.l_net, item.ab, header.reset or item.hinted)
-                    item.colour = self.merge(item.l8, item.ab)
+                        ab = self.stabilisers.apply(header.stream, item.l_net, ab, header.reset or item.hinted)
+                    item.colour = self.merge(item.l8, ab)
                     item.l_net = None
                     item.ab = None
                 if publisher:

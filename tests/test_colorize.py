@@ -275,8 +275,10 @@ def test_hints_steer_colour_carry_through_the_shot_and_reset_at_a_cut(tmp_path, 
     hints = write_hints(tmp_path / "h.json", '{"hints": [{"frame": 1, "boxes": '
                                              '[{"box": [0, 0, 0.5, 0.5], "colour": "#ff0000"}]}]}')
     runs = {}
-    for name, extra in [("plain", []), ("hinted", ["--hints", hints]),
-                        ("hinted_no_cuts", ["--hints", hints, "--scene-threshold", 0])]:
+    # the network's state alone carries the hint here; the colour stabiliser joins in the last run
+    for name, extra in [("plain", ["--stabilise", 0]), ("hinted", ["--hints", hints, "--stabilise", 0]),
+                        ("hinted_no_cuts", ["--hints", hints, "--scene-threshold", 0, "--stabilise", 0]),
+                        ("hinted_stabilised", ["--hints", hints])]:
         assert colorize(src, tmp_path / f"{name}.mp4", "--model", tiny_model, "--crf", 0, *extra) == 0
         runs[name] = decoded_video(tmp_path / f"{name}.mp4")
     plain, hinted, no_cuts = runs["plain"], runs["hinted"], runs["hinted_no_cuts"]
@@ -294,6 +296,9 @@ def test_hints_steer_colour_carry_through_the_shot_and_reset_at_a_cut(tmp_path, 
     for i in range(5, 10):  # after the cut the state is fresh: same as without hints
         assert np.array_equal(hinted[i], plain[i]), i
     assert dist_to_red(no_cuts[7]) < 45  # with cut detection off the hint would have leaked on
+    stabilised = runs["hinted_stabilised"]
+    assert np.array_equal(stabilised[1], hinted[1])  # the hinted frame shows as the network gives it
+    assert all(dist_to_red(stabilised[i]) < 40 for i in (2, 3, 4))  # and the stabiliser carries it on
 
 
 def test_time_hint_lands_on_nearest_frame(tmp_path, tiny_model):

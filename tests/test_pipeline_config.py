@@ -51,6 +51,8 @@ def test_defaults_and_live_behaviour():
     ("sources: [{file: a}]\nrecord: {path: 'out/{id}.mp4'}", "record.path: only the placeholder"),
     ("sources: [{file: a}]\nstate: {gap_s: -1}", "state.gap_s: Input should be greater than 0"),
     ("sources: [{file: a}]\nstate: {stabiliser: {strength: 1}}", "state.stabiliser.strength: Input should be less than 1"),
+    ("sources: [{file: a}]\nstate: {stabiliser: {flow: slow}}",
+     "state.stabiliser.flow: Input should be 'ultrafast', 'fast' or 'medium'"),
     ("engine: {}", "sources: required key is missing"),
     ("- just a list", "top level must be a mapping"),
     ("sources: [", "invalid YAML"),
