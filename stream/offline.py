@@ -20,7 +20,7 @@ from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and p
 
 from stream.logs import setup_logging
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
-from engines.stabilise import StabiliserSettings
+from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
 from stream.imagefile import ImageFileError, colorize_image, is_image
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stabilise", type=float, default=StabiliserSettings.strength, metavar="S",
                    help=f"colour stabiliser strength in [0, 1): previous colours carried along the motion "
                         f"(default {StabiliserSettings.strength}; 0 turns it off)")
+    p.add_argument("--stabilise-flow", default=StabiliserSettings.flow, metavar="F",
+                   help=f"the stabiliser's optical flow: {', '.join(FLOW_PRESETS)} (default {StabiliserSettings.flow}; "
+                        f"medium is steadier and takes about 3x as long)")
     p.add_argument("--short-side", type=int, metavar="N", help="network input short side (default: the model's)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="ONNX", help="model file (ONNX)")
     p.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
@@ -117,8 +120,11 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--scene-threshold {args.scene_threshold} is out of range 0..1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    # the stabiliser's settings, checked once and kept for the jobs
+    if args.stabilise_flow not in FLOW_PRESETS:
+        raise UsageError(f"--stabilise-flow {args.stabilise_flow!r} is not one of {', '.join(FLOW_PRESETS)}")
     try:
-        StabiliserSettings(args.stabilise)
+        args.stabiliser = StabiliserSettings(args.stabilise, flow=args.stabilise_flow)
     except ValueError:
         raise UsageError(f"--stabilise {args.stabilise} is out of range [0, 1)") from None
 
@@ -155,7 +161,7 @@ def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | None,
              args: argparse.Namespace) -> int:
     folder = args.input.is_dir()
-    identity = job_identity(args.model, hints, args.threads, args.stabilise)
+    identity = job_identity(args.model, hints, args.threads, args.stabiliser)
     failures = skipped = 0
     # a folder gets a bar over its files; each video also gets its own bar over its frames
     files = tqdm(jobs, desc=args.input.name, unit="file", dynamic_ncols=True,
@@ -193,7 +199,7 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
                            encode=EncodeSettings(args.codec, args.crf, args.bitrate, args.preset),
                            segment_frames=args.segment_frames, resume=args.resume, compare=args.compare,
                            hints=hints if hints else None, identity=identity,
-                           stabiliser=StabiliserSettings(args.stabilise))
+                           stabiliser=args.stabiliser)
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -224,10 +230,10 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
 
 
 def job_identity(model: Path, hints: HintsFile | None, threads: int | None,
-                 stabilise: float = StabiliserSettings.strength) -> dict:
+                 stabiliser: StabiliserSettings = StabiliserSettings()) -> dict:
     """What, beyond the input and encoding, a resumed video job must share with the interrupted one."""
     return {"model": model_identity(model), "hints": hints.digest if hints else None, "threads": threads,
-            "stabilise": stabilise}
+            "stabilise": stabiliser.strength, "stabilise_flow": stabiliser.flow}
 
 
 def model_identity(model: Path) -> str:

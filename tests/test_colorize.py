@@ -407,14 +407,18 @@ def test_command_line_error_has_no_traceback(tmp_path):
 def test_stabiliser_steadies_a_file_and_can_be_turned_off(tmp_path, tiny_model, capsys):
     src = make_clip(tmp_path / "in.mp4", frames=8, audio=None)
     runs = {}
-    for name, strength in (("off", 0), ("on", 0.8)):
-        assert colorize(src, tmp_path / f"{name}.mp4", "--model", tiny_model, "--crf", 0, "--stabilise", strength) == 0
+    for name, extra in (("off", ["--stabilise", 0]), ("on", ["--stabilise", 0.8]),
+                        ("medium", ["--stabilise", 0.8, "--stabilise-flow", "medium"])):
+        assert colorize(src, tmp_path / f"{name}.mp4", "--model", tiny_model, "--crf", 0, *extra) == 0
         runs[name] = [ab_of(f) for f in decoded_video(tmp_path / f"{name}.mp4")]
-    off, on = runs["off"], runs["on"]
+    off, on, medium = runs["off"], runs["on"], runs["medium"]
     assert len(off) == len(on) == 8
     assert np.abs(on[0] - off[0]).mean() < 0.5  # the first frame has nothing to carry
     assert np.abs(on[5] - off[5]).mean() > 0.2  # later frames carry the earlier colours
-    capsys.readouterr()
-    assert colorize(src, tmp_path / "bad.mp4", "--model", tiny_model, "--stabilise", 1.5) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--stabilise 1.5" in err
+    assert np.array_equal(medium[0], on[0]) and not np.array_equal(medium[5], on[5])  # another flow
+    for bad, named in ((["--stabilise", 1.5], "--stabilise 1.5"),
+                       (["--stabilise-flow", "slow"], "--stabilise-flow 'slow'")):
+        capsys.readouterr()
+        assert colorize(src, tmp_path / "bad.mp4", "--model", tiny_model, *bad) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, err
