@@ -30,7 +30,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -167,9 +167,12 @@ class SequenceScore:
 
 
 def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | None,
-                   net_short_side: int | None = None, stabiliser: StabiliserSettings = StabiliserSettings()) -> dict:
-    """Score one video frame by frame (memory stays bounded whatever its length)."""
+                   net_short_side: int | None = None, stabiliser: StabiliserSettings = StabiliserSettings(),
+                   sweep: Sequence[StabiliserSettings] = ()) -> dict:
+    """Score one video frame by frame (memory stays bounded whatever its length). `sweep`: more
+    stabiliser settings, each scored like "stabilised" on the same network output (result["sweep"])."""
     stabilise = ColourStabiliser(stabiliser, engine.info.ab_stride)
+    swept = [(ColourStabiliser(s, engine.info.ab_stride), SequenceScore()) for s in sweep]
     scores = {v: SequenceScore(with_psnr=v != "ground_truth") for v in VARIANTS}
     flow = metrics.DisFlow()
     carried = fresh = None
@@ -184,6 +187,8 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
         pair = flow.pair(prev_l8, l8) if prev_l8 is not None else None
         l_net = colour.network_l8(l8, carried.size)
         ab = engine.predict([l_net], [carried])[0]
+        for other, score in swept:  # each on its own copy: merging clips ab in place
+            score.add(engine.merge(l8, other.apply(l_net, ab.copy())), pair, gt)
         outputs = {"state_on": engine.merge(l8, ab.copy()),
                    "stabilised": engine.merge(l8, stabilise.apply(l_net, ab)),
                    "state_off": engine.colorize([l8], [fresh])[0],
@@ -197,6 +202,8 @@ def evaluate_video(engine: Engine, path: Path, short_side: int, limit: int | Non
         return result
     result.update({v: s.result() for v, s in scores.items()})
     result.update(ewarp_ratios(result))
+    if swept:
+        result["sweep"] = [score.result() for _, score in swept]
     return result
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engines.stabilise import StabiliserSettings
+from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.protocol import STREAM_ID_PATTERN
 from stream.security import SecurityConfig
 
@@ -114,8 +114,8 @@ class StabiliserConfig(Strict):
     strength: float = Field(StabiliserSettings.strength, ge=0, lt=1)
     # L difference (0-100) past which the network's own colours win
     tolerance: float = Field(StabiliserSettings.tolerance, gt=0, le=100)
-    # DIS optical flow preset (engines.stabilise.FLOW_PRESETS): finer carries more exactly, costs more
-    flow: Literal["ultrafast", "fast", "medium"] = StabiliserSettings.flow
+    # DIS optical flow preset: finer carries more exactly, costs more
+    flow: Literal[tuple(FLOW_PRESETS)] = StabiliserSettings.flow
 
 
 class StateConfig(Strict):

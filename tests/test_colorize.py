@@ -416,8 +416,8 @@ def test_stabiliser_steadies_a_file_and_can_be_turned_off(tmp_path, tiny_model, 
     assert np.abs(on[0] - off[0]).mean() < 0.5  # the first frame has nothing to carry
     assert np.abs(on[5] - off[5]).mean() > 0.2  # later frames carry the earlier colours
     assert np.array_equal(medium[0], on[0]) and not np.array_equal(medium[5], on[5])  # another flow
-    for bad, named in ((["--stabilise", 1.5], "--stabilise 1.5"),
-                       (["--stabilise-flow", "slow"], "--stabilise-flow 'slow'")):
+    for bad, named in ((["--stabilise", 1.5], "strength must be in [0, 1), got 1.5"),
+                       (["--stabilise-flow", "slow"], "flow must be one of ultrafast, fast, medium, got 'slow'")):
         capsys.readouterr()
         assert colorize(src, tmp_path / "bad.mp4", "--model", tiny_model, *bad) == 1
         err = capsys.readouterr().err.strip()

@@ -96,6 +96,35 @@ def test_stabilised_variant_is_steadier_with_a_real_model(engine, eval_data: Pat
     assert off["stabilised"] == off["state_on"] == on["state_on"]
 
 
+def test_a_sweep_scores_each_setting_on_the_same_network_output(engine, eval_data: Path):
+    pan = eval_data / "videos" / "pan.mp4"
+    swept = evaluate.evaluate_video(engine, pan, 96, None, 96,
+                                    sweep=[StabiliserSettings(), StabiliserSettings(0.0), StabiliserSettings(0.5)])
+    default, off, half = swept["sweep"]
+    assert default == swept["stabilised"]  # the default setting, scored again: the same figures
+    assert off["ewarp"] == swept["state_on"]["ewarp"]  # strength 0 is the state-on output itself
+    assert default["ewarp"] < half["ewarp"] < off["ewarp"]  # more carried, steadier
+
+
+def test_stabiliser_sweep_command(tiny_model: Path, eval_data: Path, tmp_path: Path, capsys):
+    from benchmarks import stabiliser_sweep
+
+    out = tmp_path / "sweep.json"
+    assert stabiliser_sweep.main(["--videos", str(eval_data / "videos"), "--model", str(tiny_model), "--limit", "6",
+                                  "--short-side", "64", "--flows", "ultrafast", "fast", "--strengths", "0.8",
+                                  "--tolerances", "10", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["flow"], r["strength"]) for r in report["settings"]] == [("ultrafast", 0.8), ("fast", 0.8)]
+    assert all(0 < r["ratio"] < 1.5 for r in report["settings"])
+    assert set(report["flow_ms"]) == {"ultrafast", "fast", "medium"} and report["flow_ms"]["fast"] > 0
+    assert "E_warp/off" in capsys.readouterr().out
+    assert stabiliser_sweep.main(["--videos", str(tmp_path / "none"), "--model", str(tiny_model)]) == 1
+    assert stabiliser_sweep.main(["--videos", str(eval_data / "videos"), "--model", str(tiny_model),
+                                  "--strengths", "1.2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "video folder not found" in err[0] and "strength must be in [0, 1)" in err[1]
+
+
 def test_eval_limit_and_no_videos(tiny_model: Path, eval_data: Path, tmp_path: Path):
     out = tmp_path / "r.json"
     assert evaluate.main(["--model", str(tiny_model), "--engine", "onnxruntime",
