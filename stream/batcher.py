@@ -17,6 +17,9 @@ from stream.frame import Frame, StreamEnd
 from stream.queues import BoundedQueue, Overflow
 
 MAX_DEFAULT_WAIT_S = 0.05  # never hold a batch longer than this when waiting on its own
+# a stream counts as delivering while its last frame is at most this many frame intervals old;
+# a batch never waits for one that is not (a camera that is down, reconnecting or stalled)
+DELIVERING_INTERVALS = 3.0
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Batcher:
         self.condition = threading.Condition()
         self.queues: dict[str, BoundedQueue] = {}
         self._fps: dict[str, float] = {}
+        self._last_frame: dict[str, float] = {}  # monotonic time each stream last gave a frame
         self._no_more_streams = False
         self._rotation = 0
 
@@ -88,16 +92,26 @@ class Batcher:
                 queue.close()
                 del self.queues[stream_id]
                 del self._fps[stream_id]
+                self._last_frame.pop(stream_id, None)
         return ends
 
+    def _delivering(self, now: float) -> int:
+        """Streams with a frame waiting or a recent one: those worth waiting for."""
+        count = 0
+        for stream_id, queue in self.queues.items():
+            fps = self._fps.get(stream_id) or 1.0 / MAX_DEFAULT_WAIT_S
+            if len(queue) or now - self._last_frame.get(stream_id, -1e18) <= DELIVERING_INTERVALS / fps:
+                count += 1
+        return count
+
     def _wait_for_fuller_batch(self) -> None:
-        wanted = min(self.max_batch, len(self.queues))
         deadline = time.monotonic() + self.wait_s()
-        while sum(1 for q in self.queues.values() if len(q)) < wanted:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while True:
+            now = time.monotonic()
+            waiting = sum(1 for q in self.queues.values() if len(q))
+            if waiting >= min(self.max_batch, self._delivering(now)) or now >= deadline:
                 return
-            self.condition.wait(left)
+            self.condition.wait(deadline - now)
 
     def _pop_heads(self) -> list[Frame]:
         ids = list(self.queues)
@@ -110,6 +124,7 @@ class Batcher:
             queue = self.queues[stream_id]
             if isinstance(queue.peek(), Frame):
                 frames.append(queue.pop_nowait())
+                self._last_frame[stream_id] = time.monotonic()
                 if len(frames) == self.max_batch:
                     break
         return frames

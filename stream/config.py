@@ -134,6 +134,8 @@ class PublishConfig(Strict):
     sndhwm: int = Field(16, ge=1, le=100000)  # messages queued per subscriber before PUB drops for it
     jpeg_quality: int = Field(90, ge=1, le=100)
     linger_ms: int = Field(500, ge=0)  # on close, time left to flush queued messages
+    # a subscriber sending more subscriptions than this is disconnected (each costs memory)
+    max_subscriptions_per_peer: int = Field(64, ge=1, le=100000)
     security: SecurityConfig | None = None  # CurveZMQ server key + allowed client keys (docs/security.md)
 
     @field_validator("security")
@@ -202,6 +204,23 @@ class PipelineConfig(Strict):
         if value is False:
             return None
         return value
+
+    @model_validator(mode="after")
+    def _recordings_lose_nothing(self) -> "PipelineConfig":
+        """Each stream records to its own file, and never over one of the inputs."""
+        if self.record is None:
+            return self
+        if len(self.sources) > 1 and "{stream}" not in self.record.path:
+            raise ValueError(f"record.path {self.record.path!r} has no {{stream}}: with "
+                             f"{len(self.sources)} sources every stream would write the same file")
+        inputs = {Path(s.file).resolve(): i for i, s in enumerate(self.sources) if s.file is not None}
+        for source in self.sources:
+            target = Path(self.record.path.format(stream=source.id)).resolve()
+            if target in inputs:
+                raise ValueError(f"record.path {self.record.path!r} would write stream {source.id!r} "
+                                 f"over the input file sources[{inputs[target]}].file ({target}): "
+                                 "choose another path")
+        return self
 
     @field_validator("sources")
     @classmethod

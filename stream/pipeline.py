@@ -135,7 +135,8 @@ class Pipeline:
         if cfg.publish is not None:
             from stream.sinks.zmq_pub import ZmqPublisher
 
-            self.publisher = ZmqPublisher(cfg.publish, self._socket_setup)
+            self.publisher = ZmqPublisher(cfg.publish, self._socket_setup,
+                                          streams=[source.id for source in cfg.sources])
             log.info("publishing on %s (topic = stream id)", self.publisher.endpoint)
         if cfg.record is not None:
             from stream.sinks.recorder import Recorder

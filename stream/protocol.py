@@ -48,6 +48,14 @@ def is_valid_stream_id(stream_id: str) -> bool:
     return isinstance(stream_id, str) and _STREAM_ID.fullmatch(stream_id) is not None
 
 
+_TOPIC_PREFIX = re.compile(rb"[A-Za-z0-9_.\-]{0,64}|[A-Za-z0-9_.\-]{1,64}\x00")
+
+
+def is_topic_prefix(prefix: bytes) -> bool:
+    """Whether a subscription prefix can match some stream's topic (empty: every stream)."""
+    return _TOPIC_PREFIX.fullmatch(prefix) is not None
+
+
 def topic(stream_id: str) -> bytes:
     """The subscription prefix that matches exactly one stream."""
     if not is_valid_stream_id(stream_id):

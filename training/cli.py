@@ -98,8 +98,9 @@ def train_main(argv: list[str] | None = None) -> int:
 def _check_inputs(cfg) -> None:
     import torch
 
-    if not cfg.images.is_dir():
-        raise CliError(f"training image folder not found: {cfg.images}")
+    for folder in cfg.images if isinstance(cfg.images, list) else [cfg.images]:
+        if not folder.is_dir():
+            raise CliError(f"training image folder not found: {folder}")
     if cfg.init_from and not cfg.init_from.is_file():
         raise CliError(f"init_from checkpoint not found: {cfg.init_from}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -180,9 +181,10 @@ def _load_for_export(args):
             model.temperature = args.temperature
         ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         if args.prior_correction:
-            from training.losses import rebalance_weights
+            from training.losses import REBALANCE_LAMBDA, rebalance_weights
 
-            weights = torch.as_tensor(rebalance_weights(ck["prior"]), dtype=torch.float32)
+            lam = ck.get("config", {}).get("rebalance_lambda", REBALANCE_LAMBDA)
+            weights = torch.as_tensor(rebalance_weights(ck["prior"], lam), dtype=torch.float32)
             model.logit_bias = -args.prior_correction * weights.log()
     except Exception as exc:
         raise CliError(f"cannot load checkpoint {args.checkpoint}: {str(exc).splitlines()[0]}") from None

@@ -22,9 +22,11 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
 
 
-def resize_short(img: np.ndarray, short: int) -> np.ndarray:
+def resize_short(img: np.ndarray, short: int, upscale: bool = True) -> np.ndarray:
     h, w = img.shape[:2]
     s = short / min(h, w)
+    if s >= 1 and not upscale:
+        return img
     return cv2.resize(img, (max(short, round(w * s)), max(short, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
@@ -35,16 +37,51 @@ def is_colourful(bgr: np.ndarray, min_chroma: float = 5.0) -> bool:
 
 
 def load_images(folder: Path, short: int, limit: int | None = None) -> list[np.ndarray]:
+    """Colour photos of one folder, cached at short side `short` (smaller ones are not upscaled:
+    an upscaled copy holds no more detail and costs memory; the sampler zooms anyway)."""
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:limit]
     out = []
     for p in paths:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None or min(img.shape[:2]) < 32:
             continue
-        img = resize_short(img, short)
+        img = resize_short(img, short, upscale=False)
         if is_colourful(img):
             out.append(img)
     return out
+
+
+def image_sources(folders: list[Path]) -> dict[str, list[Path]]:
+    """Each folder of photos is one source; a folder of folders (train/scenes) gives one source
+    per subfolder, so that one large collection cannot dominate what the network sees."""
+    sources: dict[str, list[Path]] = {}
+    for folder in folders:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir())
+        if any(p.suffix.lower() in IMAGE_EXTS for p in folder.iterdir()) or not subs:
+            sources[folder.name] = [folder]
+        for sub in subs:
+            sources[f"{folder.name}/{sub.name}"] = [sub]
+    return sources
+
+
+def capped_shares(counts: dict[str, int], cap: float, reserved: float = 0.0) -> dict[str, float]:
+    """Share of all samples for each source: proportional to its size, but no source above `cap`;
+    what a capped source gives up goes to the others in proportion (water-filling). `reserved` is
+    the share taken by something else (the real clips), which the sources share the rest of."""
+    left = 1.0 - reserved
+    shares: dict[str, float] = {}
+    free = {k: v for k, v in counts.items() if v > 0}
+    while free:
+        total = sum(free.values())
+        over = {k for k, v in free.items() if left * v / total > cap}
+        if not over:
+            shares.update({k: left * v / total for k, v in free.items()})
+            break
+        for k in over:
+            shares[k] = cap
+            left -= cap
+            del free[k]
+    return shares
 
 
 def load_clips(folder: Path, short: int, max_frames: int = 400) -> list[np.ndarray]:
@@ -75,11 +112,22 @@ class Batch:
 
 
 class SequenceSampler:
-    def __init__(self, images: list[np.ndarray], clips: list[np.ndarray], crop: int, steps: int,
-                 video_fraction: float, seed: int = 0):
-        self.images, self.clips = images, clips
+    """Batches of sequences. `images` is one list of photos, or photos by source with
+    `source_shares` (share of all samples per source, see capped_shares) to balance them."""
+
+    def __init__(self, images: list[np.ndarray] | dict[str, list[np.ndarray]], clips: list[np.ndarray],
+                 crop: int, steps: int, video_fraction: float, seed: int = 0,
+                 source_shares: dict[str, float] | None = None):
+        by_source = images if isinstance(images, dict) else {"images": images}
+        self.sources = [k for k, v in by_source.items() if v]
+        self.by_source = by_source
+        self.images = [img for k in self.sources for img in by_source[k]]
+        self.clips = clips
         self.crop, self.steps = crop, steps
         self.video_fraction = video_fraction if clips else 0.0
+        shares = source_shares or {k: len(by_source[k]) for k in self.sources}
+        p = np.array([shares.get(k, 0.0) for k in self.sources], np.float64)
+        self.source_p = p / p.sum()
         self.rng = np.random.default_rng(seed)
         self.flow = DisFlow(cv2.DISOPTICAL_FLOW_PRESET_FAST)
 
@@ -122,7 +170,8 @@ class SequenceSampler:
         return out
 
     def _still_sequence(self) -> tuple[list[np.ndarray], np.ndarray]:
-        img = self.images[self.rng.integers(len(self.images))]
+        pool = self.by_source[self.sources[self.rng.choice(len(self.sources), p=self.source_p)]]
+        img = pool[self.rng.integers(len(pool))]
         if self.rng.random() < 0.5:
             img = img[:, ::-1]
         h, w = img.shape[:2]

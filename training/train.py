@@ -11,22 +11,26 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.colour import AB_SCALE, DEFAULT_TEMPERATURE, gamut_bins
 from engines.network import AB_STRIDE, MEMORY_MODULES, ColorNet
-from training.data import SequenceSampler, load_clips, load_images
+from training.data import SequenceSampler, capped_shares, image_sources, load_clips, load_images
 from training.from_onnx import checkpoint_from_onnx
-from training.losses import (ab_prior, rebalance_weights, rebalanced_ce, soft_encode,
-                             temporal_loss)
+from training.losses import (REBALANCE_LAMBDA, ab_prior, rebalance_weights, rebalanced_ce,
+                             soft_encode, temporal_loss)
 
 log = logging.getLogger("chromacast.train")
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: Path = Path("../shared/data/train/images")
+    # one folder or several; a folder of folders (train/scenes) is one source per subfolder
+    images: Path | list[Path] = Path("../shared/data/train/images")
+    # no source (an image folder, or the real clips) above this share of the samples
+    source_cap: float = Field(1.0, gt=0, le=1)
     videos: Path = Path("../shared/data/train/videos")
     out: Path = Path("runs/default")
     image_limit: int | None = None
@@ -39,6 +43,16 @@ class TrainConfig(BaseModel):
     lr: float = Field(6e-4, gt=0)
     weight_decay: float = 1e-4
     temporal_weight: float = Field(0.5, ge=0)
+    # class rebalancing strength λ: weights ∝ ((1-λ)p + λ/Q)^-1 (0 = none, 1 = uniform over bins)
+    rebalance_lambda: float = Field(REBALANCE_LAMBDA, ge=0, le=1)
+    # a Huber term on the decoded (annealed-mean) ab in units of 10 Lab: pulls what is shown,
+    # not only the bin distribution, toward the ground truth
+    ab_loss_weight: float = Field(0.0, ge=0)
+    # colour prior for the rebalancing: re-estimated on this run's data, or the init_from model's
+    prior_from: Literal["data", "init_from"] = "init_from"
+    # share of hinted samples whose hints are boxes (8 px to a third of the crop) rather than
+    # patches of 1-5 px: what a user drawing a box gives
+    hint_box_fraction: float = Field(0.0, ge=0, le=1)
     # the previous frame's colours are already on screen: the temporal loss moves only the
     # current frame toward them, which teaches the state to carry them
     temporal_previous_fixed: bool = True
@@ -84,19 +98,25 @@ def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig
     return TrainConfig(**raw)
 
 
-def simulate_hints(ab: torch.Tensor, rng: np.random.Generator, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A few random patches carrying their mean ground-truth ab (SIGGRAPH17-style), on some samples."""
+def simulate_hints(ab: torch.Tensor, rng: np.random.Generator, probability: float,
+                   box_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few random patches carrying their mean ground-truth ab (SIGGRAPH17-style), on some samples;
+    on `box_fraction` of those, one to three boxes instead, as a user's box hints are."""
     b, _, h, w = ab.shape
     hint = torch.zeros(b, 2, h, w)
     mask = torch.zeros(b, 1, h, w)
     for i in range(b):
         if rng.random() >= probability:
             continue
-        for _ in range(min(int(rng.geometric(0.2)), 10)):
-            size = int(rng.integers(1, 6))
-            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-            hint[i, :, y:y + size, x:x + size] = ab[i, :, y:y + size, x:x + size].mean((1, 2), keepdim=True)
-            mask[i, :, y:y + size, x:x + size] = 1
+        boxes = rng.random() < box_fraction
+        for _ in range(int(rng.integers(1, 4)) if boxes else min(int(rng.geometric(0.2)), 10)):
+            if boxes:
+                bh, bw = (int(v) for v in rng.integers(8, max(9, min(h, w) // 3), 2))
+            else:
+                bh = bw = int(rng.integers(1, 6))
+            y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            hint[i, :, y:y + bh, x:x + bw] = ab[i, :, y:y + bh, x:x + bw].mean((1, 2), keepdim=True)
+            mask[i, :, y:y + bh, x:x + bw] = 1
     return hint / AB_SCALE, mask
 
 
@@ -116,19 +136,28 @@ def train(cfg: TrainConfig) -> Path:
     ckpt_path = cfg.out / "checkpoint.pt"
 
     t0 = time.time()
-    images = load_images(cfg.images, cfg.cache_short_side, cfg.image_limit)
-    if not images:
-        raise SystemExit(f"chromacast train: no colour images found in {cfg.images}")
+    folders = cfg.images if isinstance(cfg.images, list) else [cfg.images]
+    by_source = {name: [img for f in paths for img in load_images(f, cfg.cache_short_side, cfg.image_limit)]
+                 for name, paths in image_sources(folders).items()}
+    by_source = {k: v for k, v in by_source.items() if v}
+    if not by_source:
+        raise SystemExit(f"chromacast train: no colour images found in {', '.join(map(str, folders))}")
     clips = load_clips(cfg.videos, cfg.cache_short_side)
-    log.info("data: %d images, %d clips (%.0fs)", len(images), len(clips), time.time() - t0)
+    video_fraction = min(cfg.video_fraction, cfg.source_cap) if clips else 0.0
+    shares = capped_shares({k: len(v) for k, v in by_source.items()}, cfg.source_cap, video_fraction)
+    log.info("data: %d images from %d sources, %d clips (%.0fs); share of samples: %s%s",
+             sum(map(len, by_source.values())), len(by_source), len(clips), time.time() - t0,
+             ", ".join(f"{k} {v:.1%}" for k, v in shares.items()),
+             f", clips {video_fraction:.1%}" if clips else "")
 
     bins = gamut_bins()
     rng = np.random.default_rng(cfg.seed)
-    sampler = SequenceSampler(images, clips, cfg.crop, cfg.sequence_length, cfg.video_fraction, cfg.seed)
-    prior_batch = sampler.batch(min(64, 8 * len(images)))
+    sampler = SequenceSampler(by_source, clips, cfg.crop, cfg.sequence_length, video_fraction, cfg.seed,
+                              source_shares=shares)
+    prior_batch = sampler.batch(256)
     ab_samples = prior_batch.lab[:, :, 1:, ::4, ::4].transpose(0, 1, 3, 4, 2).reshape(-1, 2)
     prior = ab_prior(ab_samples, bins)
-    weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+    weights = torch.as_tensor(rebalance_weights(prior, cfg.rebalance_lambda), device=dev)
 
     model = ColorNet(bins, cfg.state_channels, cfg.pretrained, cfg.temperature, cfg.width,
                      cfg.encoder_activation, cfg.memory_channels, cfg.memory_at_quarter).to(dev)
@@ -154,8 +183,14 @@ def train(cfg: TrainConfig) -> Path:
                              "network (state_channels, memory_channels, width?)") from None
         if added:
             log.info("%s start fresh (not in %s)", ", ".join(added), start_from)
-        prior = ck["prior"]
-        weights = torch.as_tensor(rebalance_weights(prior), device=dev)
+        if resuming or cfg.prior_from == "init_from":
+            prior = ck["prior"]
+        else:
+            log.info("colour prior re-estimated on this run's data")
+        weights = torch.as_tensor(rebalance_weights(prior, cfg.rebalance_lambda), device=dev)
+    # a model read back from an ONNX export has its batch norms folded (identity statistics):
+    # batch statistics would change what it computes, so they stay as they are
+    folded = cfg.init_from is not None and cfg.init_from.suffix == ".onnx" and cfg.train_only is None
     if resuming:
         try:
             opt.load_state_dict(ck["optimizer"])
@@ -198,6 +233,9 @@ def train(cfg: TrainConfig) -> Path:
                 log.info("training only %s from step %d", ", ".join(cfg.train_only), step)
             else:
                 log.info("stem and %d encoder blocks frozen from step %d", cfg.freeze_blocks, step)
+        if folded and step == first_step:
+            keep_batch_norm_statistics(model)
+            log.info("batch norms keep the statistics folded into %s", cfg.init_from)
         elapsed = elapsed_before + time.time() - started
         if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
             log.info("time budget reached at step %d", step)
@@ -216,9 +254,9 @@ def train(cfg: TrainConfig) -> Path:
         trust = torch.as_tensor(batch.trust, device=dev)
         b, t_len, _, s, _ = lab.shape
         state = model.zero_state(b, s, s).to(dev)
-        hint, mask = simulate_hints(lab[:, 0, 1:].cpu(), rng, cfg.hint_probability)
+        hint, mask = simulate_hints(lab[:, 0, 1:].cpu(), rng, cfg.hint_probability, cfg.hint_box_fraction)
         hint, mask = hint.to(dev), mask.to(dev)
-        ce_total, tl_total, keep_total, prev_ab = 0.0, 0.0, 0.0, None
+        ce_total, tl_total, keep_total, ab_total, prev_ab = 0.0, 0.0, 0.0, 0.0, None
         for t in range(t_len):
             L = (lab[:, t, :1] - 50) / 50
             if t > 0:
@@ -233,16 +271,20 @@ def train(cfg: TrainConfig) -> Path:
             target, nearest = soft_encode(gt, bins_t)
             ce_total = ce_total + rebalanced_ce(logits, target, nearest, weights)
             ab = model.decode(logits)
+            if cfg.ab_loss_weight > 0:
+                ab_total = ab_total + F.smooth_l1_loss(ab / 10.0, gt / 10.0)
             if prev_ab is not None and cfg.temporal_weight > 0:
                 tl_total = tl_total + temporal_loss(ab, prev_ab, grid[:, t], trust[:, t])
             prev_ab = ab.detach() if cfg.temporal_previous_fixed else ab
-        loss = (ce_total + cfg.temporal_weight * tl_total + keep_total) / t_len
+        loss = (ce_total + cfg.temporal_weight * tl_total + cfg.ab_loss_weight * ab_total + keep_total) / t_len
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
         terms = [("loss", loss), ("ce", ce_total / t_len), ("temporal", tl_total / t_len)]
+        if cfg.ab_loss_weight > 0:
+            terms.append(("ab", ab_total / t_len))
         if teacher is not None:
             terms.append(("keep", keep_total / cfg.keep_first_frame))
         for k, v in terms:

@@ -3,10 +3,13 @@
 PyAV writes the file with FFmpeg's own encoder and muxer (exact timestamps, a proper mp4
 trailer on close). H.264 (libx264) when the PyAV build has it, else MPEG-4 part 2. Frame i
 gets pts i in a time base of 1/fps, so the file has exactly the frames written, at the fps.
+The file is written under a hidden partial name beside the final one and renamed only once
+it is closed: a file under its final name is always complete and playable.
 """
 from __future__ import annotations
 
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 from stream.config import RecordConfig
 from stream.frame import Frame, StreamEnd
 from stream.sinks.base import Sink, SinkError
+from stream.workfolder import partial_name
 
 log = logging.getLogger("chromacast.record")
 
@@ -45,9 +49,10 @@ class Mp4Writer:
             raise SinkError(f"cannot record {width}x{height} with {self.codec}: it needs even sides")
         self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         options = {"crf": str(crf), "preset": preset} if self.codec == "libx264" else {}
+        self.partial = partial_name(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(self.path), "w")
+            self.container = av.open(str(self.partial), "w")
         except (OSError, av.error.FFmpegError) as exc:
             raise SinkError(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
         self.stream = self.container.add_stream(self.codec, rate=self.rate, options=options)
@@ -83,6 +88,10 @@ class Mp4Writer:
         finally:
             self.container.close()
             self.container = None
+        if self.frames:
+            os.replace(self.partial, self.path)  # complete: only now under its final name
+        else:
+            self.partial.unlink(missing_ok=True)  # nothing recorded: no empty file
 
 
 class Recorder(Sink):
