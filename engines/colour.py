@@ -76,6 +76,17 @@ def l8_to_network(l8: np.ndarray, size: tuple[int, int], out: np.ndarray | None 
     return out
 
 
+MAX_SATURATION = 2.0
+
+
+def scale_chroma(ab: np.ndarray, saturation: float) -> np.ndarray:
+    """ab with its chroma scaled by `saturation` (0: grey, 1: unchanged, up to 2), at the ab's own
+    (low) resolution; the merge then fits the result into the gamut, and L is never touched."""
+    if saturation == 1.0:
+        return ab
+    return ab * np.float32(saturation)
+
+
 def merge_l8_ab(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
     """Full-resolution BGR uint8 from the input's L and the network's low-resolution ab.
 

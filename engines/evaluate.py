@@ -5,7 +5,12 @@ its own L is what the model colorizes, and the result is compared with the colou
 original at that resolution. The grey baseline is the same L with ab = 0.
 
 Images (one dataset per subfolder): PSNR, colourfulness and its gap to the ground
-truth's. Videos: the same per frame, plus E_warp(DIS) and CDC (engines/metrics.py)
+truth's, and the hue measure (engines/metrics.HueScore: hue_hits, hue_balanced, per sector),
+also for a constant sepia tint (a=6, b=14) as a reference row. The "hinted" variant gives each
+image three box hints holding the ground truth's mean colour there and reports the ΔE between
+the output's mean colour in each box and the colour asked for. `--sheet OUT.png` writes a
+contact sheet (ground truth | grey | output | hinted output) for a sample of each set.
+Videos: the same per frame, plus E_warp(DIS) and CDC (engines/metrics.py)
 with the recurrent state carried from frame to frame ("state on") and reset before
 every frame ("state off"), for the grey baseline and for the ground truth itself.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -39,6 +45,8 @@ from stream.logs import setup_logging
 
 from engines import colour, metrics
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
+from engines.hints import Hint
+from engines.sheet import contact_sheet, write_png
 from engines.stabilise import FLOW_PRESETS, ColourStabiliser, StabiliserSettings
 
 log = logging.getLogger("chromacast.eval")
@@ -46,6 +54,8 @@ log = logging.getLogger("chromacast.eval")
 DATA = Path("../shared/data/eval")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
+SEPIA_AB = (6.0, 14.0)  # Lab a, b of the constant-tint reference row
+HINT_BOXES = 3  # box hints per image in the hinted variant
 VARIANTS = ("state_on", "state_off", "grey", "ground_truth", "carried", "stabilised")
 
 
@@ -80,31 +90,97 @@ def image_datasets(root: Path) -> dict[str, list[Path]]:
     return sets
 
 
-def colorize_one(engine: Engine, l8: np.ndarray, short_side: int) -> np.ndarray:
+def colorize_one(engine: Engine, l8: np.ndarray, short_side: int, hints: list[Hint] | None = None) -> np.ndarray:
     h, w = l8.shape
     state = engine.new_state(engine.network_size(w, h, short_side))
-    return engine.colorize([l8], [state])[0]
+    return engine.colorize([l8], [state], [hints] if hints else None)[0]
 
 
-def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_short_side: int | None = None) -> dict:
-    """`short_side`: the evaluation resolution; `net_short_side`: the network's input (default the same)."""
-    rows = []
-    for p in paths:
+def sepia(l8: np.ndarray) -> np.ndarray:
+    """The input L under one constant warm tint: a reference that any real colorization must beat."""
+    ab = np.empty((2, max(1, l8.shape[0] // 4), max(1, l8.shape[1] // 4)), np.float32)
+    ab[0], ab[1] = SEPIA_AB
+    return colour.merge_l8_ab(l8, ab)
+
+
+def hint_boxes(truth: np.ndarray, seed: int, count: int = HINT_BOXES) -> list[Hint]:
+    """`count` boxes (12-25% of the short side) at random places, each hinted with the ground
+    truth's mean ab inside it: what a user who knows the colours would give."""
+    rng = np.random.default_rng(seed)
+    h, w = truth.shape[:2]
+    lab = colour.bgr_to_lab_float(truth)
+    boxes = []
+    for _ in range(count):
+        side = rng.uniform(0.12, 0.25) * min(h, w)
+        bw, bh = side / w, side / h
+        x0, y0 = rng.uniform(0, 1 - bw), rng.uniform(0, 1 - bh)
+        a, b = box_pixels(lab, x0, y0, x0 + bw, y0 + bh)[:, 1:].mean(0)
+        boxes.append(Hint(x0, y0, x0 + bw, y0 + bh, float(a), float(b), radius=0.0))
+    return boxes
+
+
+def box_pixels(image: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """N×C pixels of `image` inside a box given in frame-relative coordinates."""
+    h, w = image.shape[:2]
+    xa, xb = int(round(x0 * w)), max(int(round(x0 * w)) + 1, int(round(x1 * w)))
+    ya, yb = int(round(y0 * h)), max(int(round(y0 * h)) + 1, int(round(y1 * h)))
+    return image[ya:yb, xa:xb].reshape(-1, image.shape[2])
+
+
+def hint_delta_e(output: np.ndarray, hints: list[Hint]) -> float:
+    """Mean over the boxes of the CIE76 ΔE (ab only: L is the input's own) between the output's
+    mean colour inside a box and the colour asked for there."""
+    lab = colour.bgr_to_lab_float(output)
+    return float(np.mean([np.hypot(*(box_pixels(lab, h.x0, h.y0, h.x1, h.y1)[:, 1:].mean(0) - (h.a, h.b)))
+                          for h in hints]))
+
+
+def draw_boxes(image: np.ndarray, hints: list[Hint]) -> np.ndarray:
+    out = image.copy()
+    h, w = out.shape[:2]
+    for hint in hints:
+        cv2.rectangle(out, (int(hint.x0 * w), int(hint.y0 * h)), (int(hint.x1 * w), int(hint.y1 * h)),
+                      (255, 255, 255), 1)
+    return out
+
+
+def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_short_side: int | None = None,
+                    sheet_rows: list | None = None, sheet_samples: int = 0) -> dict:
+    """`short_side`: the evaluation resolution; `net_short_side`: the network's input (default the same).
+    With `sheet_rows`, `sheet_samples` evenly spread images append their row
+    (ground truth, grey, output, output with box hints) to it."""
+    net = net_short_side or short_side
+    rows, hue, hue_sepia, hue_hinted, hinted = [], metrics.HueScore(), metrics.HueScore(), metrics.HueScore(), []
+    picks = set(np.linspace(0, len(paths) - 1, sheet_samples).round().astype(int)) if sheet_samples and paths else set()
+    for i, p in enumerate(paths):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             log.warning("skipping unreadable image %s", p)
             continue
         gt = resize_short_side(img, short_side)
         l8 = colour.to_l8(gt)
-        pred, grey = colorize_one(engine, l8, net_short_side or short_side), grey_baseline(l8)
+        pred, grey, tint = colorize_one(engine, l8, net), grey_baseline(l8), sepia(l8)
+        boxes = hint_boxes(gt, seed=i)
+        pred_hinted = colorize_one(engine, l8, net, boxes)
+        hue.add(pred, gt)
+        hue_sepia.add(tint, gt)
+        hue_hinted.add(pred_hinted, gt)
+        hinted.append((metrics.psnr(pred_hinted, gt), hint_delta_e(pred_hinted, boxes)))
         rows.append((metrics.psnr(pred, gt), metrics.psnr(grey, gt), metrics.colourfulness(pred),
-                     metrics.colourfulness(gt), metrics.colourfulness(grey)))
+                     metrics.colourfulness(gt), metrics.colourfulness(grey), metrics.psnr(tint, gt)))
+        if sheet_rows is not None and i in picks:
+            sheet_rows.append([gt, grey, pred, draw_boxes(pred_hinted, boxes)])
     if not rows:
         return {"count": 0}
-    psnr, psnr_grey, cf, cf_gt, cf_grey = np.mean(np.array(rows), axis=0)
+    psnr, psnr_grey, cf, cf_gt, cf_grey, psnr_sepia = np.mean(np.array(rows), axis=0)
+    psnr_hinted, delta_e = np.mean(np.array(hinted), axis=0)
     return {"count": len(rows), "psnr": psnr, "psnr_grey": psnr_grey, "colourfulness": cf,
             "colourfulness_gt": cf_gt, "colourfulness_grey": cf_grey,
-            "colourfulness_gap": abs(cf_gt - cf), "colourfulness_ratio": cf / cf_gt if cf_gt > 0 else None}
+            "colourfulness_gap": abs(cf_gt - cf), "colourfulness_ratio": cf / cf_gt if cf_gt > 0 else None,
+            **hue.result(),
+            "sepia": {"psnr": psnr_sepia, **hue_sepia.result()},
+            "hinted": {"boxes_per_image": HINT_BOXES, "psnr": psnr_hinted, "box_delta_e": delta_e,
+                       **hue_hinted.result()}}
 
 
 def carry_colours(previous: np.ndarray, l8: np.ndarray, pair: metrics.FlowPair) -> np.ndarray:
@@ -245,13 +321,26 @@ def _fmt(v, spec: str = ".2f") -> str:
 
 def print_table(report: dict) -> None:
     if report.get("images"):
-        print(f"{'images':<12}{'n':>4}{'PSNR':>8}{'grey':>8}{'colour':>8}{'GT':>8}{'ratio':>7}")
+        width = max(12, *(len(n) + 2 for n in report["images"]))
+        print(f"{'images':<{width}}{'n':>4}{'PSNR':>8}{'grey':>8}{'sepia':>8}{'colour':>8}{'GT':>8}{'ratio':>7}"
+              f"{'hue':>7}{'hue_bal':>8}{'sepia':>7}{'hinted ΔE':>10}{'PSNR':>7}")
         for name, r in report["images"].items():
-            print(f"{name:<12}{r['count']:>4}{_fmt(r.get('psnr')):>8}{_fmt(r.get('psnr_grey')):>8}"
-                  f"{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
-                  f"{_fmt(r.get('colourfulness_ratio')):>7}")
+            sep, hin = r.get("sepia", {}), r.get("hinted", {})
+            print(f"{name:<{width}}{r['count']:>4}{_fmt(r.get('psnr')):>8}{_fmt(r.get('psnr_grey')):>8}"
+                  f"{_fmt(sep.get('psnr')):>8}{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
+                  f"{_fmt(r.get('colourfulness_ratio')):>7}{_fmt(r.get('hue_hits')):>7}"
+                  f"{_fmt(r.get('hue_balanced')):>8}{_fmt(sep.get('hue_balanced')):>7}"
+                  f"{_fmt(hin.get('box_delta_e'), '.1f'):>10}{_fmt(hin.get('psnr')):>7}")
+        sectors = [(n, r["hue_sectors"]) for n, r in report["images"].items() if r.get("hue_sectors")]
+        if sectors:
+            names = list(sectors[0][1])
+            print(f"\n{'hue hit rate':<{width}}" + "".join(f"{k:>14}" for k in names))
+            for name, sec in sectors:
+                print(f"{name:<{width}}" + "".join(
+                    f"{_fmt(sec[k]['rate']):>8} ({sec[k]['share']:.0%})".rjust(14) for k in names))
     if report.get("videos"):
-        print(f"\n{'videos':<14}{'n':>5}  {'E_warp x1e3: on/off/grey/GT/carried/stab':<43}"
+        width = max(14, *(len(n) + 2 for n in report["videos"]))
+        print(f"\n{'videos':<{width}}{'n':>5}  {'E_warp x1e3: on/off/grey/GT/carried/stab':<43}"
               f"{'on/off':>7}{'left':>7}{'stab/off':>9}  {'CDC x1e3: on/off/grey/GT/stab':<31}{'PSNR on/off':>12}")
         rows = dict(report["videos"], **({"mean": report["video_mean"]} if report.get("video_mean") else {}))
         for name, r in rows.items():
@@ -260,7 +349,7 @@ def print_table(report: dict) -> None:
             ew = "/".join(_fmt(r[v]["ewarp"] * 1e3) for v in VARIANTS)
             cd = "/".join(_fmt(r[v]["cdc"] * 1e3) for v in VARIANTS if v != "carried")
             ps = f"{_fmt(r['state_on']['psnr'])}/{_fmt(r['state_off']['psnr'])}"
-            print(f"{name:<14}{r.get('frames', ''):>5}  {ew:<43}{_fmt(r.get('ewarp_ratio'), '.3f'):>7}"
+            print(f"{name:<{width}}{r.get('frames', ''):>5}  {ew:<43}{_fmt(r.get('ewarp_ratio'), '.3f'):>7}"
                   f"{_fmt(r.get('flicker_left'), '.3f'):>7}{_fmt(r.get('stabilised_ratio'), '.3f'):>9}  {cd:<31}{ps:>12}")
 
 
@@ -283,7 +372,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="at most N images per dataset and N frames per video")
     ap.add_argument("--no-images", action="store_true", help="skip the image datasets")
     ap.add_argument("--no-videos", action="store_true", help="skip the videos")
+    ap.add_argument("--sheet", type=Path, default=None,
+                    help="write a contact sheet PNG: ground truth | grey | output | hinted, per image set")
+    ap.add_argument("--sheet-samples", type=int, default=6, help="images per set on the sheet (default %(default)s)")
+    ap.add_argument("--sheet-films", type=Path, default=None,
+                    help="also put a frame of each black-and-white video in this folder on the sheet")
     return ap.parse_args(argv)
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """An output that cannot be written is found before any work is done, not after it."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if path.is_dir() or not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise EvalError(f"{option} {path}: cannot write there")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -295,6 +401,12 @@ def run(args: argparse.Namespace) -> dict:
         raise EvalError(f"image folder not found: {args.images} (use --images DIR or --no-images)")
     if not args.no_videos and not args.videos.is_dir():
         raise EvalError(f"video folder not found: {args.videos} (use --videos DIR or --no-videos)")
+    check_output(args.json, "--json")
+    check_output(args.sheet, "--sheet")
+    if args.sheet_samples < 1 or args.sheet_samples > 64:
+        raise EvalError("--sheet-samples must be between 1 and 64")
+    if args.sheet_films is not None and not args.sheet_films.is_dir():
+        raise EvalError(f"--sheet-films folder not found: {args.sheet_films}")
     try:
         stabiliser = StabiliserSettings(args.stabiliser_strength, args.stabiliser_tolerance, args.stabiliser_flow)
     except ValueError as exc:
@@ -307,11 +419,17 @@ def run(args: argparse.Namespace) -> dict:
                     "stabiliser": {"strength": stabiliser.strength, "tolerance": stabiliser.tolerance,
                                    "flow": stabiliser.flow},
                     "images": {}, "videos": {}}
+    sheet: dict[str, list] = {}
     try:
         if not args.no_images:
             for name, paths in image_datasets(args.images).items():
                 log.info("images: %s (%d)", name, min(len(paths), args.limit or len(paths)))
-                report["images"][name] = evaluate_images(engine, paths[:args.limit], args.short_side, net)
+                rows = sheet.setdefault(name, []) if args.sheet else None
+                report["images"][name] = evaluate_images(engine, paths[:args.limit], args.short_side, net,
+                                                         rows, args.sheet_samples)
+        if args.sheet and args.sheet_films:
+            sheet["black-and-white films (no ground truth)"] = film_rows(
+                engine, args.sheet_films, args.short_side, net)
         if not args.no_videos:
             for path in sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTS):
                 log.info("video: %s", path.name)
@@ -322,7 +440,31 @@ def run(args: argparse.Namespace) -> dict:
     if not report["images"] and not report["videos"]:
         raise EvalError("no images or videos found to evaluate")
     report["seconds"] = round(time.time() - started, 1)
+    if args.sheet:
+        write_png(args.sheet, contact_sheet({k: v for k, v in sheet.items() if v},
+                                            ["ground truth", "grey", "output", "output, box hints"]))
+        report["sheet"] = str(args.sheet)
     return report
+
+
+def film_rows(engine: Engine, folder: Path, short_side: int, net: int) -> list[list]:
+    """For each video: the frame at a third of its length, as given and colorized (the state
+    run over the 24 frames before it, as a pipeline would)."""
+    rows = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTS):
+        cap = cv2.VideoCapture(str(path))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        frames = list(read_frames(path, short_side, max(1, total // 3)))[-25:]
+        if not frames:
+            continue
+        state, out = None, None
+        for frame in frames:
+            l8 = colour.to_l8(frame)
+            state = state or engine.new_state(engine.network_size(l8.shape[1], l8.shape[0], net))
+            out = engine.colorize([l8], [state])[0]
+        rows.append([None, frames[-1], out, None])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chromacast eval: {exc}", file=sys.stderr)
         return 1
     print_table(report)
+    if report.get("sheet"):
+        print(f"\nsheet: {report['sheet']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(finite(report), indent=2) + "\n")

@@ -13,6 +13,12 @@ Images are 8-bit BGR (OpenCV's order) unless a function says otherwise.
   per-channel 256-bin histograms of frames 1, 2 and 4 apart, averaged over pairs,
   channels and the three gaps. Natural logarithm: identical histograms give 0,
   disjoint ones ln 2 ≈ 0.693.
+- `HueScore` (hue_hits, hue_balanced): whether colours land on the right hue. Over
+  ground-truth pixels with CIE Lab chroma > 15, a hit is an output pixel with chroma > 5
+  whose hue angle is within 45° of the ground truth's. `hue_balanced` averages the hit
+  rate of six 60° ground-truth hue sectors from −10° (red, orange-yellow, foliage, cyan,
+  blue, magenta) that hold at least 2% of those pixels, so one constant tint, which can
+  only hit its own sector, cannot score well.
 """
 from __future__ import annotations
 
@@ -154,3 +160,45 @@ def cdc_from_divergences(per_gap: dict[int, list[float]]) -> float:
     """CDC from the frame-pair divergences collected for each gap (gaps without pairs are left out)."""
     means = [np.mean(v) for v in per_gap.values() if v]
     return float(np.mean(means)) if means else float("nan")
+
+
+HUE_SECTORS = ("red", "orange_yellow", "foliage", "cyan", "blue", "magenta")
+HUE_SECTOR_START = -10.0  # degrees: red spans [-10°, 50°)
+HUE_GT_CHROMA, HUE_OUT_CHROMA, HUE_TOLERANCE = 15.0, 5.0, 45.0
+HUE_MIN_SHARE = 0.02
+
+
+def lab_chroma_hue(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CIE Lab chroma and hue angle (degrees, 0-360) of an 8-bit BGR image."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    a, b = lab[..., 1], lab[..., 2]
+    return np.hypot(a, b), np.degrees(np.arctan2(b, a)) % 360.0
+
+
+class HueScore:
+    """Hue hits accumulated over images; `result()` gives hue_hits, hue_balanced, per sector."""
+
+    def __init__(self) -> None:
+        self.pixels = np.zeros(len(HUE_SECTORS), np.int64)
+        self.hits = np.zeros(len(HUE_SECTORS), np.int64)
+
+    def add(self, output: np.ndarray, truth: np.ndarray) -> None:
+        gt_chroma, gt_hue = lab_chroma_hue(truth)
+        out_chroma, out_hue = lab_chroma_hue(output)
+        coloured = gt_chroma > HUE_GT_CHROMA
+        diff = np.abs(out_hue[coloured] - gt_hue[coloured])
+        hit = (np.minimum(diff, 360.0 - diff) <= HUE_TOLERANCE) & (out_chroma[coloured] > HUE_OUT_CHROMA)
+        sector = (((gt_hue[coloured] - HUE_SECTOR_START) % 360.0) // 60.0).astype(np.int64)
+        self.pixels += np.bincount(sector, minlength=len(HUE_SECTORS))
+        self.hits += np.bincount(sector[hit], minlength=len(HUE_SECTORS))
+
+    def result(self) -> dict:
+        total = int(self.pixels.sum())
+        if total == 0:
+            return {"hue_hits": None, "hue_balanced": None, "hue_sectors": {}}
+        rates = {name: (float(self.hits[i] / self.pixels[i]) if self.pixels[i] else None)
+                 for i, name in enumerate(HUE_SECTORS)}
+        held = [rates[name] for i, name in enumerate(HUE_SECTORS) if self.pixels[i] >= HUE_MIN_SHARE * total]
+        return {"hue_hits": float(self.hits.sum() / total), "hue_balanced": float(np.mean(held)),
+                "hue_sectors": {name: {"rate": rates[name], "share": float(self.pixels[i] / total)}
+                                for i, name in enumerate(HUE_SECTORS)}}

@@ -194,6 +194,7 @@ class PipelineConfig(Strict):
     window: WindowConfig | None = None
     stats: StatsConfig = Field(default_factory=StatsConfig)
     duration_s: float | None = Field(None, gt=0)  # stop (and drain) after this long
+    saturation: float = Field(1.0, ge=0, le=2)  # colour strength: 0 grey, 1 as predicted, up to 2
 
     @field_validator("publish", "record", "window", mode="before")
     @classmethod

@@ -34,7 +34,7 @@ def is_image(path: Path) -> bool:
 
 
 def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None = None,
-                   hints: FrameHints | None = None) -> str:
+                   hints: FrameHints | None = None, saturation: float = 1.0) -> str:
     """Colorize `src` into `dst` (written under a temporary name, then renamed); returns a summary."""
     if not src.exists():
         raise ImageFileError(f"input not found: {src}")
@@ -50,10 +50,12 @@ def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None 
     if hints:
         hints.check_frame_size(w, h)
     frame_hints = hints.hints_for(0, 0.0, None, 1.0, w, h) if hints else None
-    if image.dtype == np.uint8:
+    if image.dtype == np.uint8 and (saturation == 1.0 or engine.merges_on_device):
         out = engine.colorize([l8], [engine.new_state(size)], [frame_hints] if frame_hints else None)[0]
+    elif image.dtype == np.uint8:
+        out = engine.merge(l8, colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints), saturation))
     else:
-        ab = _predict_ab(engine, l8, size, frame_hints)
+        ab = colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints), saturation)
         out = merge_16bit(image[:, :, :3] if alpha is not None else image, ab)
     if alpha is not None and dst.suffix.lower() not in NO_ALPHA_SUFFIXES:
         out = np.dstack([out, alpha])

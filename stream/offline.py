@@ -20,6 +20,7 @@ from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and p
 
 from stream.logs import setup_logging
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
+from engines.colour import MAX_SATURATION
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
 from stream.imagefile import ImageFileError, colorize_image, is_image
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stabilise-flow", default=StabiliserSettings.flow, metavar="F",
                    help=f"the stabiliser's optical flow: {', '.join(FLOW_PRESETS)} (default {StabiliserSettings.flow}; "
                         f"medium is steadier, its flow takes 3-4x as long)")
+    p.add_argument("--saturation", type=float, default=1.0, metavar="X",
+                   help="colour strength: 0 grey, 1 as predicted (default), up to 2")
     p.add_argument("--short-side", type=int, metavar="N", help="network input short side (default: the model's)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="ONNX", help="model file (ONNX)")
     p.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
@@ -120,6 +123,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--scene-threshold {args.scene_threshold} is out of range 0..1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    if not 0 <= args.saturation <= MAX_SATURATION:
+        raise UsageError(f"--saturation {args.saturation:g} is out of range 0..{MAX_SATURATION:g}")
     try:  # the settings' own rule, checked once; the jobs use what it kept
         args.stabiliser = StabiliserSettings(args.stabilise, flow=args.stabilise_flow)
     except ValueError as exc:
@@ -158,7 +163,7 @@ def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | None,
              args: argparse.Namespace) -> int:
     folder = args.input.is_dir()
-    identity = job_identity(args.model, hints, args.threads, args.stabiliser)
+    identity = job_identity(args.model, hints, args.threads, args.stabiliser, args.saturation)
     failures = skipped = 0
     # a folder gets a bar over its files; each video also gets its own bar over its frames
     files = tqdm(jobs, desc=args.input.name, unit="file", dynamic_ncols=True,
@@ -170,7 +175,7 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
         file_hints = hints.for_file(src.name if folder else None) if hints else None
         try:
             if is_image(src):
-                summary = colorize_image(src, dst, engine, args.short_side, file_hints)
+                summary = colorize_image(src, dst, engine, args.short_side, file_hints, args.saturation)
             else:
                 summary = _colorize_video(src, dst, engine, file_hints, identity, args, nested=folder)
         except USER_ERRORS as exc:
@@ -196,7 +201,7 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
                            encode=EncodeSettings(args.codec, args.crf, args.bitrate, args.preset),
                            segment_frames=args.segment_frames, resume=args.resume, compare=args.compare,
                            hints=hints if hints else None, identity=identity,
-                           stabiliser=args.stabiliser)
+                           stabiliser=args.stabiliser, saturation=args.saturation)
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -227,10 +232,13 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
 
 
 def job_identity(model: Path, hints: HintsFile | None, threads: int | None,
-                 stabiliser: StabiliserSettings = StabiliserSettings()) -> dict:
+                 stabiliser: StabiliserSettings = StabiliserSettings(), saturation: float = 1.0) -> dict:
     """What, beyond the input and encoding, a resumed video job must share with the interrupted one."""
-    return {"model": model_identity(model), "hints": hints.digest if hints else None, "threads": threads,
-            "stabilise": stabiliser.strength, "stabilise_flow": stabiliser.flow}
+    identity = {"model": model_identity(model), "hints": hints.digest if hints else None, "threads": threads,
+                "stabilise": stabiliser.strength, "stabilise_flow": stabiliser.flow}
+    if saturation != 1.0:  # absent at 1, so work folders of earlier versions still resume
+        identity["saturation"] = saturation
+    return identity
 
 
 def model_identity(model: Path) -> str:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from engines.backend import Engine, EngineError, open_engine
 from engines.hints import Hint
+from engines.colour import MAX_SATURATION
 from engines.stabilise import StabiliserSettings, Stabilisers, usable_settings
 from stream.batcher import Batcher
 from stream.config import PipelineConfig
@@ -156,7 +157,14 @@ class Pipeline:
         self.engine_stage = EngineStage(self.engine, self.batcher, self.slots, self._engine_out, self.fail)
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
         self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
-                                        merge=self.engine.merge, stabilisers=self._stabilisers())
+                                        merge=self.engine.merge, stabilisers=self._stabilisers(),
+                                        saturation=self.config.saturation)
+        if self.config.saturation != 1.0:
+            if self.engine.merges_on_device:
+                log.warning("saturation %g is not applied: the %s engine merges on the device",
+                            self.config.saturation, self.engine.name)
+            else:
+                log.info("saturation %g (1: as predicted)", self.config.saturation)
         for thread in self.sink_workers + [self.output_stage, self.engine_stage]:
             thread.start()
         for source in self.sources:
@@ -171,6 +179,13 @@ class Pipeline:
         log.info("colour stabiliser: strength %g, tolerance %g, %s flow (state.stabiliser; strength 0 turns it off)",
                  cfg.strength, cfg.tolerance, cfg.flow)
         return Stabilisers(settings, self.engine.info.ab_stride)
+
+    def adjust_saturation(self, step: float) -> float:
+        """Change the shown colours' strength by `step` (the live window's +/- keys)."""
+        stage = self.output_stage
+        stage.saturation = round(min(max(stage.saturation + step, 0.0), MAX_SATURATION), 2)
+        log.info("saturation %g", stage.saturation)
+        return stage.saturation
 
     def request_stop(self) -> None:
         """Graceful stop: no new frames; everything already read reaches every sink."""

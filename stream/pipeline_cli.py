@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for the engine")
     p.add_argument("--stabilise", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 to <1 (0: off; default {StabiliserSettings.strength})")
+    p.add_argument("--saturation", type=float, metavar="X",
+                   help="colour strength: 0 grey, 1 as predicted (default), up to 2")
     p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
     p.add_argument("--no-publish", action="store_true", help="do not publish over ZeroMQ")
     p.add_argument("--record", metavar="PATH", help="record each stream to PATH ({stream} = stream id)")
@@ -77,6 +79,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         out["duration_s"] = args.duration
     if args.stabilise is not None:
         out["state"] = {"stabiliser": {"strength": args.stabilise}}
+    if args.saturation is not None:
+        out["saturation"] = args.saturation
     return out
 
 

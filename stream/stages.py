@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.backend import Engine
 from engines.colour import network_l8
+from engines.colour import scale_chroma
 from engines.stabilise import Stabilisers
 from stream.batcher import Batcher
 from stream.frame import Frame, StreamEnd
@@ -95,11 +96,13 @@ class OutputStage(threading.Thread):
     def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
                  sink_queues: list[BoundedQueue], on_error: Callable[[str], None],
                  merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge,
-                 stabilisers: Stabilisers | None = None):
+                 stabilisers: Stabilisers | None = None, saturation: float = 1.0):
         """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
         `merge`: the engine's merge of full-resolution L with low-resolution ab;
-        `stabilisers`: per-stream colour stabilisers (None: off)."""
+        `stabilisers`: per-stream colour stabilisers (None: off); `saturation`: chroma scale
+        of what is shown (an attribute: the live window changes it while running)."""
         super().__init__(name="output", daemon=True)
+        self.saturation = saturation
         self.merge = merge
         self.stabilisers = stabilisers
         self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
@@ -126,7 +129,8 @@ class OutputStage(threading.Thread):
                     if self.stabilisers is not None:
                         header = item.header
                         ab = self.stabilisers.apply(header.stream, item.l_net, ab, header.reset or item.hinted)
-                    item.colour = self.merge(item.l8, ab)
+                    # after the stabiliser, which must carry the network's own colours
+                    item.colour = self.merge(item.l8, scale_chroma(ab, self.saturation))
                     item.l_net = None
                     item.ab = None
                 if publisher:

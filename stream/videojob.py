@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.backend import Engine, StreamState
 from engines.colour import network_l8, to_l8
+from engines.colour import scale_chroma
 from engines.stabilise import ColourStabiliser, StabiliserSettings, usable_settings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
@@ -46,6 +47,7 @@ class VideoJobOptions:
     compare: Path | None = None
     hints: FrameHints | None = None
     stabiliser: StabiliserSettings = field(default_factory=StabiliserSettings)
+    saturation: float = 1.0  # chroma scale of the output (0 grey, 1 as predicted, up to 2)
     identity: dict = field(default_factory=dict)  # model, hints digest...: a resumed run must match
 
 
@@ -140,12 +142,14 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
             frame_hints = hints.hints_for(f.index, f.time_s, prev_time, info.frame_duration_s,
                                           info.width, info.height) if hints else None
             report.hinted_frames += bool(frame_hints)
-            if stabiliser:
-                if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
-                    stabiliser.reset()
+            if stabiliser or (opts.saturation != 1.0 and not engine.merges_on_device):
                 l_net = network_l8(l8, size)
                 ab = engine.predict([l_net], [state], [frame_hints] if frame_hints else None)[0]
-                out = engine.merge(l8, stabiliser.apply(l_net, ab))
+                if stabiliser:
+                    if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
+                        stabiliser.reset()
+                    ab = stabiliser.apply(l_net, ab)
+                out = engine.merge(l8, scale_chroma(ab, opts.saturation))
             else:
                 out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))

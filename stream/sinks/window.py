@@ -3,8 +3,8 @@
 Clicking a point on any panel gives that point of the stream's current frame a colour
 hint (the colour selected in the palette strip under the panels; keys 1-8 select too);
 the pipeline feeds it with the next frame and the recurrent state carries it on. `c`
-clears the hints of every stream (and the state that carries them), `q` or Esc stops the
-pipeline.
+clears the hints of every stream (and the state that carries them), `+` and `-` make the
+colours stronger or weaker (saturation, 0 to 2), `q` or Esc stops the pipeline.
 
 OpenCV's GUI calls must come from one thread, the main one for Qt, so the pipeline's
 main loop calls `pump()`; the output stage only drops frames into a small drop-oldest queue.
@@ -160,6 +160,8 @@ class WindowSink:
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):
             self.pipeline.request_stop()
+        elif key in (ord("+"), ord("="), ord("-")):  # colour strength, for every stream
+            self.pipeline.adjust_saturation(0.1 if key != ord("-") else -0.1)
         elif key != 0xFF:  # OpenCV does not say which window has the focus: keys act on all
             for window in self.windows.values():
                 window.on_key(key)
