@@ -58,6 +58,11 @@ def compose(frame: Frame, panel_width: int) -> np.ndarray:
     return np.hstack(panels)
 
 
+# a click colours a patch of 3% of the short side: large enough for the network to spread the
+# colour over the object, small enough to stay on it
+CLICK_RADIUS = 0.03
+
+
 def click_to_hint(x: int, y: int, panel_width: int, panel_height: int,
                   bgr: tuple[int, int, int]) -> Hint | None:
     """The hint for a click at window pixel (x, y): the same point of the frame whichever of
@@ -66,7 +71,7 @@ def click_to_hint(x: int, y: int, panel_width: int, panel_height: int,
         return None
     rel_x = (x % panel_width) / panel_width
     rel_y = y / panel_height
-    return Hint.from_bgr(rel_x, rel_y, rel_x, rel_y, bgr)
+    return Hint.from_bgr(rel_x, rel_y, rel_x, rel_y, bgr, radius=CLICK_RADIUS)
 
 
 def palette_index(x: int, width: int) -> int:
