@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from engines import colour
-from engines.hints import Hint, rasterise
+from engines.hints import Hint, HintMaps, rasterise
 
 log = logging.getLogger("chromacast.engine")
 
@@ -90,19 +90,24 @@ class Engine(ABC):
         return colour.merge_l8_ab(l8, ab)
 
     def predict(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
-                hints: Sequence[list[Hint] | None] | None = None) -> np.ndarray:
-        """ab (B×2×h×w, network resolution / ab_stride) for a batch of full-resolution L planes."""
+                hints: Sequence[list[Hint] | None] | None = None,
+                hint_maps: Sequence[HintMaps | None] | None = None) -> np.ndarray:
+        """ab (B×2×h×w, network resolution / ab_stride) for a batch of full-resolution L planes.
+        `hint_maps`: hints already rasterised at the network size (engines.hints.HintCarrier),
+        one entry per frame, used where a frame has no `hints`."""
         w, h = states[0].size
         batch = np.empty((len(l8_frames), 1, h, w), np.float32)
         for i, l8 in enumerate(l8_frames):
             colour.l8_to_network(l8, (w, h), out=batch[i, 0])
         hint_ab = hint_mask = None
-        if hints and any(hints):
+        if (hints and any(hints)) or (hint_maps and any(m is not None for m in hint_maps)):
             hint_ab = np.zeros((len(l8_frames), 2, h, w), np.float32)
             hint_mask = np.zeros((len(l8_frames), 1, h, w), np.float32)
-            for i, frame_hints in enumerate(hints):
-                if frame_hints:
-                    hint_ab[i], hint_mask[i] = rasterise(frame_hints, w, h)
+            for i in range(len(l8_frames)):
+                if hints and hints[i]:
+                    hint_ab[i], hint_mask[i] = rasterise(hints[i], w, h)
+                elif hint_maps and hint_maps[i] is not None:
+                    hint_ab[i], hint_mask[i] = hint_maps[i]
         return self.infer(batch, states, hint_ab, hint_mask)
 
     def state_to_numpy(self, state: StreamState) -> np.ndarray:

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from engines.backend import Engine
-from engines.colour import network_l8
-from engines.colour import scale_chroma
+from engines.colour import network_l8, scale_chroma
+from engines.hints import Hint, HintCarrier, HintMaps, rasterise
 from engines.stabilise import Stabilisers
 from stream.batcher import Batcher
 from stream.frame import Frame, StreamEnd
@@ -42,6 +42,7 @@ class EngineStage(threading.Thread):
         self._on_error = on_error
         self.batches = 0
         self.batched_frames = 0
+        self._carriers: dict[str, HintCarrier] = {}  # streams whose hints are carried along the motion
 
     def run(self) -> None:
         next_evict = time.monotonic() + EVICT_EVERY_S
@@ -54,9 +55,11 @@ class EngineStage(threading.Thread):
                     self._colorize(group)
                 for end in gathered.ends:
                     self.slots.end(end.stream)
+                    self._carriers.pop(end.stream, None)
                     self.out.put(end, force=True)
                 if time.monotonic() >= next_evict:
-                    self.slots.evict_idle()
+                    for stream_id in self.slots.evict_idle():
+                        self._carriers.pop(stream_id, None)
                     next_evict = time.monotonic() + EVICT_EVERY_S
         except QueueClosed:
             pass
@@ -81,8 +84,11 @@ class EngineStage(threading.Thread):
                 frame.colour = colour
         else:  # the full-resolution merge runs on the output thread, overlapping the next batch
             # resized here, once: the network's input and the stabiliser's flow both use it
-            l_net = [network_l8(f, states[0].size) for f in l8]
-            ab = self.engine.predict(l_net, states, hints)
+            size = states[0].size
+            l_net = [network_l8(f, size) for f in l8]
+            maps = [self._carried_hints(frame, l_net[i], hints[i] if hints else None, size)
+                    for i, frame in enumerate(group)]
+            ab = self.engine.predict(l_net, states, hint_maps=maps)
             for i, frame in enumerate(group):
                 frame.ab, frame.l_net = ab[i], l_net[i]
         self.batches += 1
@@ -90,6 +96,19 @@ class EngineStage(threading.Thread):
         for frame in group:
             frame.header.stamp("engine")
             self.out.put(frame)
+
+    def _carried_hints(self, frame: Frame, l_net: np.ndarray, new: list[Hint] | None,
+                       size: tuple[int, int]) -> HintMaps | None:
+        """The hint maps for this frame: its new hints over the stream's earlier ones moved along
+        the motion; they hold until the state restarts (scene cut, gap, hints cleared)."""
+        carrier = self._carriers.get(frame.stream)
+        if carrier is not None and frame.header.reset:
+            carrier.reset()
+        if not new and (carrier is None or not carrier.active):
+            return None
+        if carrier is None:
+            carrier = self._carriers[frame.stream] = HintCarrier()
+        return carrier.step(l_net, rasterise(new, *size) if new else None)
 
 
 class OutputStage(threading.Thread):

@@ -21,6 +21,7 @@ import numpy as np
 from engines.backend import Engine, StreamState
 from engines.colour import network_l8, to_l8
 from engines.colour import scale_chroma
+from engines.hints import HintCarrier, rasterise
 from engines.stabilise import ColourStabiliser, StabiliserSettings, usable_settings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
@@ -109,8 +110,12 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
         done, state = [], engine.new_state(size)
     settings = usable_settings(opts.stabiliser, engine)
     stabiliser = ColourStabiliser(settings, engine.info.ab_stride) if settings else None
-    if stabiliser and done:
-        stabiliser.load_arrays(work.load_extra(done[-1].number))
+    carrier = HintCarrier()  # hints moved along the motion through the rest of their shot
+    if done:
+        extra = work.load_extra(done[-1].number)
+        carrier.load_arrays(extra)
+        if stabiliser:
+            stabiliser.load_arrays(extra)
     start = done[-1].last_index + 1 if done else 0
     anchor = (done[-1].last_index, done[-1].last_pts) if done else None
     report.resumed_at = start
@@ -136,15 +141,17 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
                 segment_origin = f.pts
             if cut:
                 engine.reset_state(state)
+                carrier.reset()  # a hint holds for its shot
                 if stabiliser:
                     stabiliser.reset()
                 report.cuts += 1
             frame_hints = hints.hints_for(f.index, f.time_s, prev_time, info.frame_duration_s,
                                           info.width, info.height) if hints else None
             report.hinted_frames += bool(frame_hints)
-            if stabiliser or (opts.saturation != 1.0 and not engine.merges_on_device):
+            if stabiliser or carrier.active or frame_hints or (opts.saturation != 1.0 and not engine.merges_on_device):
                 l_net = network_l8(l8, size)
-                ab = engine.predict([l_net], [state], [frame_hints] if frame_hints else None)[0]
+                maps = carrier.step(l_net, rasterise(frame_hints, *size) if frame_hints else None)
+                ab = engine.predict([l_net], [state], hint_maps=[maps])[0]
                 if stabiliser:
                     if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
                         stabiliser.reset()
@@ -155,7 +162,8 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
                 worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
-                               state_copy(state), stabiliser.to_arrays() if stabiliser else None))
+                               state_copy(state),
+                               {**carrier.to_arrays(), **(stabiliser.to_arrays() if stabiliser else {})}))
             prev_time, last = f.time_s, f
             if progress:
                 progress(f.index + 1, max(info.frames, f.index + 1))

@@ -87,12 +87,12 @@ def test_file_through_whole_pipeline(tmp_path, engine):
 
 def test_odd_sized_colour_input_keeps_size_and_frame_count(tmp_path, engine):
     source = write_video(tmp_path / "odd.mp4", frames=9, width=161, height=91, fps=10, colour=True)
-    config = make_config([{"id": "odd", "file": str(source)}], record={"path": str(tmp_path / "{stream}.mp4")})
+    config = make_config([{"id": "odd", "file": str(source)}], record={"path": str(tmp_path / "{stream}-colour.mp4")})
     pipeline = Pipeline(config, engine).open()
     pipeline.start()
     assert pipeline.wait(60)
     pipeline.close()
-    recorded, fps = read_video(tmp_path / "odd.mp4")
+    recorded, fps = read_video(tmp_path / "odd-colour.mp4")
     inputs, _ = read_video(source)
     assert len(recorded) == 9 and fps == 10 and recorded[0].shape == (91, 161, 3)
     diff = np.abs(l_plane(recorded[4]) - l_plane(inputs[4]))
@@ -185,7 +185,7 @@ def test_loop_restarts_state_and_max_frames_ends_stream(tmp_path, engine):
 def test_stop_request_drains_and_closes_files(tmp_path, engine):
     clip = write_video(tmp_path / "long.mp4", frames=200, width=96, height=64)
     config = make_config([{"id": "long", "file": str(clip), "realtime": True}],
-                         record={"path": str(tmp_path / "{stream}.mp4")})
+                         record={"path": str(tmp_path / "{stream}-colour.mp4")})
     pipeline = Pipeline(config, engine).open()
     pipeline.start()
     assert not pipeline.wait(1.0)  # still running after a second (200 frames at 24 fps)
@@ -193,6 +193,6 @@ def test_stop_request_drains_and_closes_files(tmp_path, engine):
     assert pipeline.wait(30)
     pipeline.close()
     stats = pipeline.stats.streams["long"]
-    recorded, _ = read_video(tmp_path / "long.mp4")
+    recorded, _ = read_video(tmp_path / "long-colour.mp4")
     assert 0 < stats.frames_out < 200
     assert len(recorded) == stats.frames_out == pipeline.recorder.written["long"][1]
