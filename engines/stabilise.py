@@ -23,6 +23,7 @@ on a frame fed with user colour hints, so a hint shows at once and is carried fr
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -147,6 +148,7 @@ class Stabilisers:
     def __init__(self, settings: StabiliserSettings, ab_stride: int):
         self.settings, self.ab_stride = settings, ab_stride
         self._streams: dict[str, ColourStabiliser] = {}
+        self._last_used: dict[str, float] = {}
 
     def apply(self, stream_id: str, l_net: np.ndarray, ab: np.ndarray, restart: bool) -> np.ndarray:
         """`restart`: the stream's recurrent state started from zero with this frame, or the
@@ -156,10 +158,21 @@ class Stabilisers:
             stabiliser = self._streams[stream_id] = ColourStabiliser(self.settings, self.ab_stride)
         elif restart:
             stabiliser.reset()
+        self._last_used[stream_id] = time.monotonic()
         return stabiliser.apply(l_net, ab)
 
     def end(self, stream_id: str) -> None:
         self._streams.pop(stream_id, None)
+        self._last_used.pop(stream_id, None)
+
+    def evict_idle(self, idle_s: float) -> list[str]:
+        """Free the stabilisers of streams without a frame for `idle_s` (as the state slots do:
+        such a stream restarts from zero when it comes back)."""
+        limit = time.monotonic() - idle_s
+        idle = [sid for sid, used in self._last_used.items() if used < limit]
+        for sid in idle:
+            self.end(sid)
+        return idle
 
     @property
     def stream_count(self) -> int:

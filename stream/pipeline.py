@@ -158,7 +158,8 @@ class Pipeline:
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
         self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
                                         merge=self.engine.merge, stabilisers=self._stabilisers(),
-                                        saturation=self.config.saturation)
+                                        saturation=self.config.saturation,
+                                        idle_timeout_s=self.config.state.idle_timeout_s)
         if self.config.saturation != 1.0:
             if self.engine.merges_on_device:
                 log.warning("saturation %g is not applied: the %s engine merges on the device",

@@ -115,13 +115,15 @@ class OutputStage(threading.Thread):
     def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
                  sink_queues: list[BoundedQueue], on_error: Callable[[str], None],
                  merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge,
-                 stabilisers: Stabilisers | None = None, saturation: float = 1.0):
+                 stabilisers: Stabilisers | None = None, saturation: float = 1.0,
+                 idle_timeout_s: float = 30.0):
         """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
         `merge`: the engine's merge of full-resolution L with low-resolution ab;
         `stabilisers`: per-stream colour stabilisers (None: off); `saturation`: chroma scale
         of what is shown (an attribute: the live window changes it while running)."""
         super().__init__(name="output", daemon=True)
         self.saturation = saturation
+        self.idle_timeout_s = idle_timeout_s
         self.merge = merge
         self.stabilisers = stabilisers
         self.source, self.stats, self.publisher, self.sink_queues = source, stats, publisher, sink_queues
@@ -129,12 +131,18 @@ class OutputStage(threading.Thread):
 
     def run(self) -> None:
         publisher = self.publisher
+        next_evict = time.monotonic() + EVICT_EVERY_S
         try:
             while True:
+                if self.stabilisers is not None and time.monotonic() >= next_evict:
+                    self.stabilisers.evict_idle(self.idle_timeout_s)
+                    next_evict = time.monotonic() + EVICT_EVERY_S
                 try:
-                    item = self.source.get()
+                    item = self.source.get(timeout=EVICT_EVERY_S)
                 except QueueClosed:
                     break
+                except TimeoutError:  # nothing for a while: time to look for idle streams
+                    continue
                 if isinstance(item, StreamEnd):
                     if self.stabilisers is not None:
                         self.stabilisers.end(item.stream)

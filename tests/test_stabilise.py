@@ -232,3 +232,19 @@ def test_output_stage_shows_hinted_frames_as_the_network_gives_them():
     assert a_of[1] > -5  # a plain frame: mostly the previous frame's +30 carried over
     assert np.array_equal(got[2].colour, merge_l8_ab(l8, np.full(shape, -30.0, np.float32)))  # hinted: as given
     assert a_of[3] < -15  # and carried on from there
+
+
+def test_idle_stream_stabiliser_is_freed():
+    import time as _time
+
+    from engines.stabilise import Stabilisers
+
+    stabilisers = Stabilisers(StabiliserSettings(), 4)
+    l_net = np.zeros((32, 32), np.uint8)
+    ab = np.zeros((2, 8, 8), np.float32)
+    stabilisers.apply("a", l_net, ab, restart=False)
+    stabilisers.apply("b", l_net, ab, restart=False)
+    _time.sleep(0.05)
+    stabilisers.apply("b", l_net, ab, restart=False)
+    assert stabilisers.evict_idle(0.03) == ["a"]
+    assert stabilisers.stream_count == 1
