@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from engines import colour
@@ -70,6 +71,10 @@ class Engine(ABC):
         """Run one batch. L: B×1×h×w float32 in [-1, 1]; states: one per row, advanced in place.
         Returns ab, B×2×(h/ab_stride)×(w/ab_stride) float32 in Lab units."""
 
+    #: the colour asked for by a hint is given to its region after the network (the network
+    #: alone spreads it to the object, but may not reach the exact colour): see enforce_hints
+    enforce_hints: bool = True
+
     #: True where colorize() merges on the device (GPU backends): callers must not split it
     #: into predict() + merge(), which would bring float ab back to the host.
     merges_on_device: bool = False
@@ -108,7 +113,10 @@ class Engine(ABC):
                     hint_ab[i], hint_mask[i] = rasterise(hints[i], w, h)
                 elif hint_maps and hint_maps[i] is not None:
                     hint_ab[i], hint_mask[i] = hint_maps[i]
-        return self.infer(batch, states, hint_ab, hint_mask)
+        ab = self.infer(batch, states, hint_ab, hint_mask)
+        if hint_mask is not None and self.enforce_hints:
+            enforce_hints(ab, hint_ab, hint_mask)
+        return ab
 
     def state_to_numpy(self, state: StreamState) -> np.ndarray:
         """A host copy of `state` (1×C×h'×w' float32), e.g. to save it so a long job can resume."""
@@ -123,6 +131,24 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the backend's resources."""
+
+
+def enforce_hints(ab: np.ndarray, hint_ab: np.ndarray, hint_mask: np.ndarray) -> None:
+    """Give hinted regions their colour in `ab` (B×2×h×w, in place): each ab cell moves toward the
+    mean hint colour over the network pixels it covers, by the share of them that are hinted, so a
+    box gets the asked colour and its edges blend into the network's colours."""
+    b, _, h, w = ab.shape
+    k = hint_mask.shape[-1] // w
+    for i in range(b):
+        if not hint_mask[i].any():
+            continue
+        cover = cv2.resize(hint_mask[i, 0], (w, h), interpolation=cv2.INTER_AREA) if k > 1 else hint_mask[i, 0]
+        hinted = cover > 0
+        for c in range(2):
+            total = cv2.resize(hint_ab[i, c] * hint_mask[i, 0], (w, h), interpolation=cv2.INTER_AREA) if k > 1 \
+                else hint_ab[i, c] * hint_mask[i, 0]
+            asked = total[hinted] / cover[hinted] * colour.AB_SCALE
+            ab[i, c][hinted] += cover[hinted] * (asked - ab[i, c][hinted])
 
 
 def open_engine(model: Path | str | None = None, kind: str = "auto", threads: int | None = None,

@@ -8,7 +8,8 @@ Images (one dataset per subfolder): PSNR, colourfulness and its gap to the groun
 truth's, and the hue measure (engines/metrics.HueScore: hue_hits, hue_balanced, per sector),
 also for a constant sepia tint (a=6, b=14) as a reference row. The "hinted" variant gives each
 image three box hints holding the ground truth's mean colour there and reports the ΔE between
-the output's mean colour in each box and the colour asked for. `--sheet OUT.png` writes a
+the output's mean colour in each box and the colour asked for, as users get it (the engine gives
+hinted regions their colour after the network) and from the network alone. `--sheet OUT.png` writes a
 contact sheet (ground truth | grey | output | hinted output) for a sample of each set.
 Videos: the same per frame, plus E_warp(DIS) and CDC (engines/metrics.py)
 with the recurrent state carried from frame to frame ("state on") and reset before
@@ -162,10 +163,14 @@ def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_shor
         pred, grey, tint = colorize_one(engine, l8, net), grey_baseline(l8), sepia(l8)
         boxes = hint_boxes(gt, seed=i)
         pred_hinted = colorize_one(engine, l8, net, boxes)
+        engine.enforce_hints = False  # the network alone: how far it takes the hint by itself
+        pred_hinted_net = colorize_one(engine, l8, net, boxes)
+        engine.enforce_hints = True
         hue.add(pred, gt)
         hue_sepia.add(tint, gt)
         hue_hinted.add(pred_hinted, gt)
-        hinted.append((metrics.psnr(pred_hinted, gt), hint_delta_e(pred_hinted, boxes)))
+        hinted.append((metrics.psnr(pred_hinted, gt), hint_delta_e(pred_hinted, boxes),
+                       hint_delta_e(pred_hinted_net, boxes)))
         rows.append((metrics.psnr(pred, gt), metrics.psnr(grey, gt), metrics.colourfulness(pred),
                      metrics.colourfulness(gt), metrics.colourfulness(grey), metrics.psnr(tint, gt)))
         if sheet_rows is not None and i in picks:
@@ -173,13 +178,14 @@ def evaluate_images(engine: Engine, paths: list[Path], short_side: int, net_shor
     if not rows:
         return {"count": 0}
     psnr, psnr_grey, cf, cf_gt, cf_grey, psnr_sepia = np.mean(np.array(rows), axis=0)
-    psnr_hinted, delta_e = np.mean(np.array(hinted), axis=0)
+    psnr_hinted, delta_e, delta_e_net = np.mean(np.array(hinted), axis=0)
     return {"count": len(rows), "psnr": psnr, "psnr_grey": psnr_grey, "colourfulness": cf,
             "colourfulness_gt": cf_gt, "colourfulness_grey": cf_grey,
             "colourfulness_gap": abs(cf_gt - cf), "colourfulness_ratio": cf / cf_gt if cf_gt > 0 else None,
             **hue.result(),
             "sepia": {"psnr": psnr_sepia, **hue_sepia.result()},
             "hinted": {"boxes_per_image": HINT_BOXES, "psnr": psnr_hinted, "box_delta_e": delta_e,
+                       "box_delta_e_network": delta_e_net,
                        **hue_hinted.result()}}
 
 
@@ -323,14 +329,15 @@ def print_table(report: dict) -> None:
     if report.get("images"):
         width = max(12, *(len(n) + 2 for n in report["images"]))
         print(f"{'images':<{width}}{'n':>4}{'PSNR':>8}{'grey':>8}{'sepia':>8}{'colour':>8}{'GT':>8}{'ratio':>7}"
-              f"{'hue':>7}{'hue_bal':>8}{'sepia':>7}{'hinted ΔE':>10}{'PSNR':>7}")
+              f"{'hue':>7}{'hue_bal':>8}{'sepia':>7}{'hint ΔE':>8}{'net ΔE':>7}{'PSNR':>7}")
         for name, r in report["images"].items():
             sep, hin = r.get("sepia", {}), r.get("hinted", {})
             print(f"{name:<{width}}{r['count']:>4}{_fmt(r.get('psnr')):>8}{_fmt(r.get('psnr_grey')):>8}"
                   f"{_fmt(sep.get('psnr')):>8}{_fmt(r.get('colourfulness')):>8}{_fmt(r.get('colourfulness_gt')):>8}"
                   f"{_fmt(r.get('colourfulness_ratio')):>7}{_fmt(r.get('hue_hits')):>7}"
                   f"{_fmt(r.get('hue_balanced')):>8}{_fmt(sep.get('hue_balanced')):>7}"
-                  f"{_fmt(hin.get('box_delta_e'), '.1f'):>10}{_fmt(hin.get('psnr')):>7}")
+                  f"{_fmt(hin.get('box_delta_e'), '.1f'):>8}{_fmt(hin.get('box_delta_e_network'), '.1f'):>7}"
+                  f"{_fmt(hin.get('psnr')):>7}")
         sectors = [(n, r["hue_sectors"]) for n, r in report["images"].items() if r.get("hue_sectors")]
         if sectors:
             names = list(sectors[0][1])
