@@ -1,5 +1,7 @@
 """Soak benchmark: a live stream for N minutes with a stalled subscriber and a camera that
-restarts every minute; publisher memory and end-to-end latency over time.
+restarts every minute, optionally next to a camera that is down (`--down-camera`) and under
+a subscription flood (`--flood N`: a local process connects every --flood-every seconds and
+sends N random subscriptions); publisher memory and end-to-end latency over time.
 
     .venv/bin/python -m benchmarks.soak                  # 10 minutes
     .venv/bin/python -m benchmarks.soak --minutes 2      # a quick check
@@ -49,6 +51,24 @@ sock.connect(sys.argv[1])
 print("connected", flush=True)
 while True:
     time.sleep(3600)
+"""
+
+
+SUBSCRIPTION_FLOOD = """
+import random, sys, time, zmq
+url, count, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rng = random.Random(0)
+context = zmq.Context()
+while True:
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.connect(url)
+    for _ in range(count):
+        sock.setsockopt(zmq.SUBSCRIBE, rng.randbytes(12))
+    print("flooded", flush=True)
+    time.sleep(min(5.0, every / 2))
+    sock.close(0)
+    time.sleep(every / 2)
 """
 
 
@@ -146,11 +166,14 @@ class LatencyProbe(threading.Thread):
             sock.close()
 
 
-def pipeline_config(source: dict, bind: str, short_side: int) -> dict:
+def pipeline_config(source: dict, bind: str, short_side: int, down_camera: bool = False) -> dict:
+    reconnect = {"initial_delay_s": 0.5, "max_delay_s": 2.0, "give_up_after_s": None,
+                 "open_timeout_s": 5.0, "read_timeout_s": 2.0}
+    sources = [{"id": "soak", **source, "reconnect": reconnect}]
+    if down_camera:  # nobody answers on this port: it must not slow the healthy stream
+        sources.append({"id": "down", "rtsp": f"rtsp://127.0.0.1:{free_port()}/none", "reconnect": reconnect})
     return {
-        "sources": [{"id": "soak", **source,
-                     "reconnect": {"initial_delay_s": 0.5, "max_delay_s": 2.0, "give_up_after_s": None,
-                                   "open_timeout_s": 5.0, "read_timeout_s": 2.0}}],
+        "sources": sources,
         "engine": {"short_side": short_side},
         "publish": {"bind": bind},
         "record": None,
@@ -236,6 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--short-side", type=int, default=160, help="network input short side")
     p.add_argument("--startup-timeout", type=float, default=300.0, metavar="S")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--down-camera", action="store_true", help="add an RTSP source that never answers")
+    p.add_argument("--flood", type=int, default=0, metavar="N", help="subscriptions per flood (0: none)")
+    p.add_argument("--flood-every", type=float, default=60.0, metavar="S", help="seconds between floods")
     return p.parse_args(argv)
 
 
@@ -250,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     camera = RtspCamera(args.size, args.fps) if use_rtsp else None
     source = {"rtsp": camera.url} if camera else {"file": str(SAMPLE_CLIP), "realtime": True, "loop": True}
     config_path = work / "soak.yaml"
-    config_path.write_text(yaml.safe_dump(pipeline_config(source, bind, args.short_side)))
+    config_path.write_text(yaml.safe_dump(pipeline_config(source, bind, args.short_side, args.down_camera)))
     log_path = work / "pipeline.log"
     processes: list[subprocess.Popen] = []
     probe = LatencyProbe(bind)
@@ -268,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         stalled = subprocess.Popen([sys.executable, "-c", STALLED_SUBSCRIBER, bind], stdout=subprocess.PIPE, text=True)
         processes.append(stalled)
         stalled.stdout.readline()
+        if args.flood:
+            processes.append(subprocess.Popen([sys.executable, "-c", SUBSCRIPTION_FLOOD, bind, str(args.flood),
+                                               str(args.flood_every)], stdout=subprocess.DEVNULL))
         probe.start()
         t_launch = time.monotonic()
         while not probe.records:
@@ -325,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"minutes": args.minutes, "source": "rtsp" if camera else "file (realtime, loop)",
                   "size": args.size if camera else "sample clip", "fps": args.fps if camera else "clip fps",
                   "short_side": args.short_side, "restart_every_s": args.restart_every if camera else None,
-                  "camera_down_s": args.down if camera else None, "stalled_subscriber": True},
+                  "camera_down_s": args.down if camera else None, "stalled_subscriber": True,
+                  "down_camera": args.down_camera,
+                  "subscription_flood": {"subscriptions": args.flood, "every_s": args.flood_every}
+                  if args.flood else None},
         "summary": {
             "pipeline_alive_at_end": alive_at_end, "pipeline_exit_code": exit_code,
             "frames_received": int(sum(r["frames"] for r in rows)),
