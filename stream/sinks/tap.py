@@ -83,11 +83,11 @@ class ZmqFeed(threading.Thread):
             self.context.term()
             raise ValueError(f"cannot connect to {url}: {exc.strerror}") from None
         self.received = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 if not self.socket.poll(200):
                     continue
                 parts = self.socket.recv_multipart()
@@ -101,4 +101,4 @@ class ZmqFeed(threading.Thread):
             self.context.term()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
