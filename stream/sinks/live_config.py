@@ -45,7 +45,7 @@ class WebConfig(_Server):
 class RtspConfig(_Server):
     port: int = Field(8554, ge=0, le=65535)  # rtsp://HOST:PORT/<stream id>; 0: any free port
     key_interval_s: float = Field(0.5, gt=0, le=10)  # a late client starts at the next key frame
-    bitrate_kbps: int | None = Field(None, ge=50, le=100000)  # null: x264's own rate control (CRF-like)
+    bitrate_kbps: int | None = Field(None, ge=50, le=100000)  # H.264 bit rate; null: x264enc's default, 2048
     queue: int = Field(8, ge=1, le=256)  # frames waiting for the encoder process; older ones dropped
 
 
