@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("stream.pipeline_cli:main", "run a pipeline from a YAML config"),
     "view": ("stream.subscribers:view_main", "show a published stream in a window"),
     "record": ("stream.subscribers:record_main", "record a published stream to mp4"),
+    "web": ("stream.sinks.web:main", "serve published streams to browsers (MJPEG)"),
+    "restream": ("stream.sinks.rtsp:main", "serve published streams over RTSP"),
     "colorize": ("stream.offline:main", "colorize a video, an image or a folder of them"),
     "bench": ("benchmarks.cli:main", "benchmark one pipeline case (fps, latency)"),
     "eval": ("engines.evaluate:main", "colour quality and temporal stability of a model"),

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.protocol import STREAM_ID_PATTERN
 from stream.security import SecurityConfig
+from stream.sinks.live_config import MetricsConfig, RtspConfig, WebConfig, mount_problem
 
 SOURCE_KINDS = ("webcam", "rtsp", "file", "folder")
 
@@ -192,11 +193,14 @@ class PipelineConfig(Strict):
     publish: PublishConfig | None = Field(default_factory=PublishConfig)  # false or null: no ZeroMQ publisher
     record: RecordConfig | None = None
     window: WindowConfig | None = None
+    web: WebConfig | None = None  # browser viewer (stream/sinks/web.py)
+    rtsp: RtspConfig | None = None  # RTSP server, one mount per stream (stream/sinks/rtsp.py)
+    metrics: MetricsConfig | None = None  # Prometheus /metrics (docs/metrics.md)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     duration_s: float | None = Field(None, gt=0)  # stop (and drain) after this long
     saturation: float = Field(1.0, ge=0, le=2)  # colour strength: 0 grey, 1 as predicted, up to 2
 
-    @field_validator("publish", "record", "window", mode="before")
+    @field_validator("publish", "record", "window", "web", "rtsp", "metrics", mode="before")
     @classmethod
     def _switch(cls, value: Any, info) -> Any:
         """`true` enables a sink with defaults, `false`/null disables it."""
@@ -221,6 +225,13 @@ class PipelineConfig(Strict):
                 raise ValueError(f"record.path {self.record.path!r} would write stream {source.id!r} "
                                  f"over the input file sources[{inputs[target]}].file ({target}): "
                                  "choose another path")
+        return self
+
+    @model_validator(mode="after")
+    def _mount_names(self) -> "PipelineConfig":
+        for i, source in enumerate(self.sources if self.rtsp is not None else ()):
+            if mount_problem(source.id):
+                raise ValueError(f"sources[{i}].id: {mount_problem(source.id)} (rtsp: serves it at /<id>)")
         return self
 
     @field_validator("sources")

@@ -57,6 +57,7 @@ class Pipeline:
         self.recorder = None
         self.window = None
         self.sink_workers: list[SinkWorker] = []
+        self.live = None  # web viewer, RTSP, metrics (stream/sinks/live.py)
         self.error: str | None = None
         self._stop_requested = threading.Event()
         self._stop_time: float | None = None
@@ -133,12 +134,17 @@ class Pipeline:
 
     def _open_sinks(self) -> None:
         cfg = self.config
-        if cfg.publish is not None:
-            from stream.sinks.zmq_pub import ZmqPublisher
+        from stream.sinks.live import LiveOutputs
+        from stream.sinks.tap import EncodingSink, TeePublisher
 
-            self.publisher = ZmqPublisher(cfg.publish, self._socket_setup,
+        self.live = LiveOutputs.open(cfg, self)
+        if cfg.publish is not None:
+            self.publisher = TeePublisher(cfg.publish, self._socket_setup,
                                           streams=[source.id for source in cfg.sources])
+            self.publisher.taps = self.live.taps  # web and RTSP serve the published JPEGs as they are
             log.info("publishing on %s (topic = stream id)", self.publisher.endpoint)
+        elif self.live.taps:
+            self.sink_workers.append(SinkWorker(EncodingSink(self.live.taps), 4, self.fail))
         if cfg.record is not None:
             from stream.sinks.recorder import Recorder
 
@@ -154,7 +160,7 @@ class Pipeline:
             self.open()
         self._started_at = time.monotonic()
         self._engine_out: BoundedQueue = BoundedQueue(ENGINE_OUT_QUEUE, Overflow.BLOCK, name="engine-out")
-        self.engine_stage = EngineStage(self.engine, self.batcher, self.slots, self._engine_out, self.fail)
+        self.engine_stage = EngineStage(self.live.timed(self.engine), self.batcher, self.slots, self._engine_out, self.fail)
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
         self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
                                         merge=self.engine.merge, stabilisers=self._stabilisers(),
@@ -247,6 +253,8 @@ class Pipeline:
                 self.publisher.close()
             if self.window is not None:
                 self.window.close()
+        if self.live is not None:
+            self.live.close()
         if self._own_engine and self.engine is not None:
             self.engine.close()
 

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record")
     p.add_argument("--window", action="store_true", help="show original | grey | colour live")
     p.add_argument("--no-window", action="store_true", help="no live window")
+    for name, what in (("metrics", "Prometheus /metrics"), ("web", "browser viewer"), ("rtsp", "RTSP server")):
+        p.add_argument(f"--{name}-port", type=int, metavar="PORT", help=f"serve the {what} on 127.0.0.1:PORT "
+                       f"(or the config's {name}.host)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=int, metavar="N", help="end each stream after N frames")
     p.add_argument("--realtime", action="store_true", help="play files at their fps, like a camera")
@@ -75,6 +78,9 @@ def overrides_from(args: argparse.Namespace) -> dict:
         out["window"] = None
     elif args.window:
         out["window"] = {}
+    for name in ("metrics", "web", "rtsp"):
+        if getattr(args, f"{name}_port") is not None:
+            out[name] = {"port": getattr(args, f"{name}_port")}
     if args.duration is not None:
         out["duration_s"] = args.duration
     if args.stabilise is not None:

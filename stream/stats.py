@@ -8,6 +8,7 @@ headers, kept for the most recent frames in a fixed ring so memory stays flat on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +55,8 @@ class Stats:
         self._count = 0
         self._first_in: float | None = None
         self._last_out: float | None = None
+        # called on the output thread with each frame and its end stamp (metrics histograms); keep them cheap
+        self.listeners: list[Callable[[FrameHeader, int], None]] = []
 
     def stream(self, stream_id: str) -> StreamStats:
         stats = self.streams.get(stream_id)
@@ -71,6 +74,8 @@ class Stats:
         self._latency[self._count % len(self._latency)] = (end_ns - header.capture_ns) / 1e6
         self._count += 1
         self._last_out = time.monotonic()
+        for listener in self.listeners:
+            listener(header, end_ns)
 
     def summary(self) -> Summary:
         per = list(self.streams.values())
