@@ -92,15 +92,15 @@ class TimedEngine:
     def __init__(self, engine: Any, seconds: Histogram, sizes: Histogram):
         self._engine, self._seconds, self._sizes = engine, seconds.labels(engine.name), sizes
 
-    def predict(self, l8_frames: Sequence, states: Sequence, hints=None):
-        return self._timed(self._engine.predict, l8_frames, states, hints)
+    def predict(self, l8_frames: Sequence, states: Sequence, hints=None, **options):
+        return self._timed(self._engine.predict, l8_frames, states, hints, **options)
 
     def colorize(self, l8_frames: Sequence, states: Sequence, hints=None):
         return self._timed(self._engine.colorize, l8_frames, states, hints)
 
-    def _timed(self, run, l8_frames, states, hints):
+    def _timed(self, run, l8_frames, states, hints, **options):
         start = time.perf_counter()
-        out = run(l8_frames, states, hints)
+        out = run(l8_frames, states, hints, **options)
         self._seconds.observe(time.perf_counter() - start)
         self._sizes.observe(len(l8_frames))
         return out
