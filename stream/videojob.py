@@ -16,14 +16,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 
 from engines.backend import Engine, StreamState
 from engines.colour import network_l8, to_l8
 from engines.colour import scale_chroma
+from engines.reference import blend, debug_image
 from engines.stabilise import ColourStabiliser, StabiliserSettings, usable_settings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
+from stream.reference import References
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
 from stream.videoencode import EncodePlan, EncodeSettings, SegmentEncoder, plan_encoding
 from stream.videofile import DecodedFrame, VideoFileError, VideoInfo, VideoReader
@@ -48,6 +51,8 @@ class VideoJobOptions:
     hints: FrameHints | None = None
     stabiliser: StabiliserSettings = field(default_factory=StabiliserSettings)
     saturation: float = 1.0  # chroma scale of the output (0 grey, 1 as predicted, up to 2)
+    references: References | None = None  # colour from reference images (stream.reference)
+    reference_debug: Path | None = None  # the first referenced frame's confidence map, as PNG
     identity: dict = field(default_factory=dict)  # model, hints digest...: a resumed run must match
 
 
@@ -57,6 +62,8 @@ class VideoReport:
     resumed_at: int = 0
     cuts: int = 0
     hinted_frames: int = 0
+    referenced_frames: int = 0
+    reference_cells: float = 0.0  # mean share of grid cells that took a reference colour
     unused_hints: int = 0
     audio: list[str] = field(default_factory=list)
 
@@ -142,16 +149,24 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
             frame_hints = hints.hints_for(f.index, f.time_s, prev_time, info.frame_duration_s,
                                           info.width, info.height) if hints else None
             report.hinted_frames += bool(frame_hints)
-            if stabiliser or (opts.saturation != 1.0 and not engine.merges_on_device):
-                l_net = network_l8(l8, size)
-                ab = engine.predict([l_net], [state], [frame_hints] if frame_hints else None)[0]
+            l_net = network_l8(l8, size) if opts.references else None
+            match = opts.references.match(f.index, f.time_s, l_net) if opts.references else None
+            feed = frame_hints
+            if match is not None:
+                _count_reference(report, match, opts, l_net)
+                feed = ([match.hint()] if match.mask.any() else []) + (frame_hints or []) or None
+            if stabiliser or match is not None or (opts.saturation != 1.0 and not engine.merges_on_device):
+                l_net = network_l8(l8, size) if l_net is None else l_net
+                ab = engine.predict([l_net], [state], [feed] if feed else None)[0]
+                if match is not None:
+                    ab = blend(ab, match)
                 if stabiliser:
                     if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
                         stabiliser.reset()
                     ab = stabiliser.apply(l_net, ab)
                 out = engine.merge(l8, scale_chroma(ab, opts.saturation))
             else:
-                out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
+                out = engine.colorize([l8], [state], [feed] if feed else None)[0]
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
                 worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
@@ -173,6 +188,14 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     if hints and last is not None:
         report.unused_hints = hints.count_after(last.index, last.time_s, info.frame_duration_s)
     work.mark_complete()
+
+
+def _count_reference(report: VideoReport, match, opts: VideoJobOptions, l_net: np.ndarray) -> None:
+    n = report.referenced_frames
+    report.reference_cells = (report.reference_cells * n + match.coverage) / (n + 1)
+    report.referenced_frames = n + 1
+    if opts.reference_debug is not None and n == 0:
+        cv2.imwrite(str(opts.reference_debug), debug_image(l_net, match))
 
 
 def _converted(frames: Iterator[DecodedFrame], keep_bgr: bool):
