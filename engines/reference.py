@@ -25,9 +25,10 @@ from engines.hints import DenseHint
 FEATURES_MODEL = Path(__file__).parent / "weights" / "reference-features.onnx"
 GREY_CHROMA = 3.0  # mean |ab| (Lab units) below which an image counts as grey
 STRIDE = 8  # the matching grid, in network input pixels
-THRESHOLD = 0.6  # least cosine similarity of a used match
+THRESHOLD = 0.7  # least cosine similarity of a used match
 MARGIN = 0.05  # mutual: within this of the reference cell's own best similarity
 L_TOLERANCE = 20.0  # largest L* difference between matched cells
+OUTLIER_AB = 15.0  # a used cell's colour may differ this much (Lab units) from its neighbourhood's mean
 
 
 class ReferenceError(ValueError):
@@ -143,7 +144,17 @@ class ReferenceMatcher:
         cell_l = cv2.resize(l_net, (gw, gh), interpolation=cv2.INTER_AREA).reshape(-1) * np.float32(100 / 255)
         mask = mutual & (conf >= self.threshold) & (np.abs(cell_l - ref_l[best]) <= L_TOLERANCE)
         ab = np.where(mask[:, None], ref_ab[best], 0.0).T.reshape(2, gh, gw).astype(np.float32)
-        return Match(ab, mask.reshape(gh, gw), conf.reshape(gh, gw))
+        mask = mask.reshape(gh, gw)
+        return Match(ab, mask & _agrees(ab, mask), conf.reshape(gh, gw))
+
+
+def _agrees(ab: np.ndarray, mask: np.ndarray, k: int = 5) -> np.ndarray:
+    """Cells whose matched colour is near the mean matched colour around them (k×k): a lone
+    cell matched to another object's colour (a wrong match) is dropped."""
+    m = mask.astype(np.float32)
+    weight = np.maximum(cv2.boxFilter(m, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT), 1e-6)
+    mean = [cv2.boxFilter(c * m, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT) / weight for c in ab]
+    return np.hypot(ab[0] - mean[0], ab[1] - mean[1]) <= OUTLIER_AB
 
 
 def debug_image(l_net: np.ndarray, match: Match) -> np.ndarray:

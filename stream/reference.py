@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engines.reference import FeatureModel, Match, ReferenceError, ReferenceMatcher, is_colour, load_reference  # noqa: F401 (ReferenceError re-exported)
+from engines.reference import (STRIDE, FeatureModel, Match, ReferenceError, ReferenceMatcher,  # noqa: F401
+                               is_colour, load_reference)
 
 log = logging.getLogger("chromacast.reference")
+
+LIVE_MATCH_EVERY = 2  # a pipeline stream is matched on every 2nd frame (the match costs about a network run)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class StreamReferences:
                     raise ReferenceError(f"{stream}: {exc}") from None
         self.passed = {s: 0 for s in self.auto}  # colour frames passed through, per auto stream
         self._restart: set[str] = set()
+        self._last: dict[str, tuple[int, Match | None]] = {}  # stream -> (frames since matched, match)
 
     def passes_through(self, stream: str, image: np.ndarray) -> bool:
         """An `auto` stream's colour frame: shown as it came; the next grey frame starts afresh."""
@@ -176,6 +180,7 @@ class StreamReferences:
             return False
         self.passed[stream] += 1
         self._restart.add(stream)
+        self._last.pop(stream, None)
         return True
 
     def restarts(self, stream: str) -> bool:
@@ -186,10 +191,17 @@ class StreamReferences:
         return False
 
     def match(self, stream: str, l_net: np.ndarray) -> Match | None:
+        age, last = self._last.get(stream, (LIVE_MATCH_EVERY, None))
+        if age + 1 < LIVE_MATCH_EVERY and (last is None or last.mask.shape == tuple(s // STRIDE for s in l_net.shape)):
+            self._last[stream] = (age + 1, last)
+            return last
         if stream in self.auto:
-            return self.auto[stream].match(l_net)
-        refs = self.fixed.get(stream)
-        return refs.match(0, 0.0, l_net) if refs else None
+            last = self.auto[stream].match(l_net)
+        else:
+            refs = self.fixed.get(stream)
+            last = refs.match(0, 0.0, l_net) if refs else None
+        self._last[stream] = (0, last)
+        return last
 
     def summary(self) -> str:
         return "; ".join(f"{s}: {a.switches} switch{'es' if a.switches != 1 else ''}, "
