@@ -228,3 +228,22 @@ def test_eval_reference_rows(scene, tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads(out.read_text())["images"]["set"]
     assert row["reference"]["psnr"] > row["none"]["psnr"] + 3
+
+
+def test_pipeline_config_reference_colours_a_grey_stream(scene, tiny_model, tmp_path):
+    from stream.config import load_config
+
+    src = write_frames(tmp_path / "in.mp4", [grey(scene["frame"])] * 4)
+    cv2.imwrite(str(tmp_path / "ref.png"), scene["reference"])
+    runs = {}
+    for name, ref in (("ref", f"\n    reference: {tmp_path / 'ref.png'}"), ("none", "")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"sources:\n  - file: {src}{ref}\nengine: {{kind: onnxruntime, model: {tiny_model}, short_side: 128, "
+            f"threads: 2}}\npublish: false\nrecord: {{path: {tmp_path / name}.mp4}}\nstats: {{interval_s: 0}}\n")
+        from stream.pipeline import run_pipeline
+
+        pipeline = run_pipeline(load_config(tmp_path / f"{name}.yaml"))
+        assert pipeline.error is None
+        runs[name] = read_video(tmp_path / f"{name}.mp4")[0]
+    gain = [metrics.psnr(r, scene["frame"]) - metrics.psnr(n, scene["frame"]) for r, n in zip(runs["ref"], runs["none"])]
+    assert len(gain) == 4 and min(gain) > 4, gain
