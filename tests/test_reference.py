@@ -247,3 +247,15 @@ def test_pipeline_config_reference_colours_a_grey_stream(scene, tiny_model, tmp_
         runs[name] = read_video(tmp_path / f"{name}.mp4")[0]
     gain = [metrics.psnr(r, scene["frame"]) - metrics.psnr(n, scene["frame"]) for r, n in zip(runs["ref"], runs["none"])]
     assert len(gain) == 4 and min(gain) > 4, gain
+
+
+def test_dense_hints_rasterise_under_user_hints():
+    from engines.hints import DenseHint, Hint, rasterise, user_hinted
+
+    dense = DenseHint(np.full((2, 2, 4), 22.0, np.float32), np.array([[True, False, False, False]] * 2))
+    user = Hint(0.0, 0.0, 0.125, 0.5, -11.0, 33.0, radius=0.0)
+    ab, mask = rasterise([dense, user], 32, 16)
+    assert mask[0, :, :8].all() and not mask[0, :, 9:].any()  # the first grid column, at network size
+    assert np.allclose(ab[:, :8, :4] * 110, [[[-11]], [[33]]])  # the user's box wins where they overlap
+    assert np.allclose(ab[:, 8:, :8] * 110, 22)
+    assert user_hinted([dense, user]) and not user_hinted([dense]) and not user_hinted(None)
