@@ -59,6 +59,7 @@ class CaseSpec:
     inputs: list[Path] = field(default_factory=list)  # given files (cycled over streams); empty: a clip
     vs_seed: bool = False
     seed_seconds: float = 5.0
+    reference: str | None = None  # colour reference image (or auto) for every stream
 
     @property
     def mode(self) -> str:
@@ -141,6 +142,8 @@ def pipeline_config(spec: CaseSpec, inputs: list[Path]) -> PipelineConfig:
                         "realtime": spec.realtime}
         if spec.fps is not None:
             source["fps"] = spec.fps
+        if spec.reference:
+            source["reference"] = spec.reference
         sources.append(source)
     engine = {k: v for k, v in (("kind", spec.engine), ("model", spec.model and str(spec.model)),
                                 ("short_side", spec.short_side), ("max_batch", spec.batch),

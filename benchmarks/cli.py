@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="engine CPU threads (default: all cores)")
     p.add_argument("--stabiliser", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 = off (default: the pipeline's, {StabiliserSettings.strength})")
+    p.add_argument("--reference", metavar="REF.jpg|auto", help="colour reference for every stream (its cost)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--input", type=Path, action="append", metavar="FILE",
@@ -62,7 +63,7 @@ def spec_from(args: argparse.Namespace) -> CaseSpec:
                     warmup_s=args.warmup, short_side=args.short_side, batch=args.batch, threads=args.threads,
                     stabiliser=args.stabiliser,
                     engine=args.engine, model=args.model, inputs=list(args.input or []), vs_seed=args.vs_seed,
-                    seed_seconds=args.seed_seconds)
+                    seed_seconds=args.seed_seconds, reference=args.reference)
 
 
 def _ms(value: float | None) -> str:

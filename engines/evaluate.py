@@ -384,6 +384,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sheet-samples", type=int, default=6, help="images per set on the sheet (default %(default)s)")
     ap.add_argument("--sheet-films", type=Path, default=None,
                     help="also put a frame of each black-and-white video in this folder on the sheet")
+    ap.add_argument("--reference", default=None, metavar="first-frame|FILE",
+                    help="colour from a reference instead: each video's first frame, or FILE for the image sets "
+                         "(engines/reference_eval.py)")
     return ap.parse_args(argv)
 
 
@@ -477,12 +480,17 @@ def film_rows(engine: Engine, folder: Path, short_side: int, net: int) -> list[l
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    if args.reference:  # its own evaluation, in its own module
+        from engines import reference_eval
+        run_eval, table = reference_eval.run, reference_eval.print_table
+    else:
+        run_eval, table = run, print_table
     try:
-        report = run(args)
+        report = run_eval(args)
     except (EvalError, EngineError) as exc:
         print(f"chromacast eval: {exc}", file=sys.stderr)
         return 1
-    print_table(report)
+    table(report)
     if report.get("sheet"):
         print(f"\nsheet: {report['sheet']}")
     if args.json:

@@ -37,12 +37,34 @@ class Hint:
         return cls(x0, y0, x1, y1, float(a), float(b), radius)
 
 
-def rasterise(hints: list[Hint], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hint_ab 2×h×w as ab/AB_SCALE, hint_mask 1×h×w) for the network input size."""
+@dataclass(frozen=True, eq=False)
+class DenseHint:
+    """Colours on a coarse grid over the whole frame (a reference's matched colours):
+    ab 2×gh×gw in Lab units, mask gh×gw (True where a colour is given). Unlike a user's
+    Hint it is fed on every frame, so it does not restart the colour stabiliser."""
+
+    ab: np.ndarray
+    mask: np.ndarray
+
+
+def user_hinted(hints: list | None) -> bool:
+    """Whether a frame's hints include a user's (point or box) hint."""
+    return bool(hints) and any(isinstance(h, Hint) for h in hints)
+
+
+def rasterise(hints: list[Hint | DenseHint], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hint_ab 2×h×w as ab/AB_SCALE, hint_mask 1×h×w) for the network input size.
+    Later hints win where they overlap: dense ones come first, so a user's hint stays on top."""
     ab = np.zeros((2, height, width), np.float32)
     mask = np.zeros((1, height, width), np.float32)
     short = min(width, height)
     for h in hints:
+        if isinstance(h, DenseHint):
+            on = cv2.resize(h.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            for c in range(2):
+                ab[c][on] = cv2.resize(h.ab[c], (width, height), interpolation=cv2.INTER_NEAREST)[on] / AB_SCALE
+            mask[0][on] = 1.0
+            continue
         r = max(h.radius * short, 0.5)
         x0 = int(np.floor(min(h.x0, h.x1) * width - r + 0.5))
         x1 = int(np.ceil(max(h.x0, h.x1) * width + r - 0.5))

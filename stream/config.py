@@ -56,6 +56,7 @@ class SourceConfig(Strict):
     max_frames: int | None = Field(None, gt=0)  # end the stream after this many frames
     queue: int | None = Field(None, ge=1, le=256)  # frames waiting for the engine; default 2 live, 4 file
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    reference: str | None = None  # colour reference image, or "auto": a fixed camera's own colour frames
 
     @field_validator("rtsp")
     @classmethod

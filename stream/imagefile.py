@@ -16,6 +16,7 @@ import numpy as np
 from engines import colour
 from engines.backend import Engine
 from engines.hints import Hint, rasterise
+from engines.reference import blend
 from stream.hintsfile import FrameHints
 from stream.workfolder import partial_name
 
@@ -34,7 +35,7 @@ def is_image(path: Path) -> bool:
 
 
 def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None = None,
-                   hints: FrameHints | None = None, saturation: float = 1.0) -> str:
+                   hints: FrameHints | None = None, saturation: float = 1.0, reference=None) -> str:
     """Colorize `src` into `dst` (written under a temporary name, then renamed); returns a summary."""
     if not src.exists():
         raise ImageFileError(f"input not found: {src}")
@@ -50,12 +51,16 @@ def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None 
     if hints:
         hints.check_frame_size(w, h)
     frame_hints = hints.hints_for(0, 0.0, None, 1.0, w, h) if hints else None
-    if image.dtype == np.uint8 and (saturation == 1.0 or engine.merges_on_device):
+    # `reference` (stream.reference.References): its frame-0 colours as hints, laid over the output
+    match = reference.match(0, 0.0, colour.network_l8(l8, size)) if reference else None
+    if match is not None:
+        frame_hints = ([match.hint()] if match.mask.any() else []) + (frame_hints or []) or None
+    if image.dtype == np.uint8 and match is None and (saturation == 1.0 or engine.merges_on_device):
         out = engine.colorize([l8], [engine.new_state(size)], [frame_hints] if frame_hints else None)[0]
     elif image.dtype == np.uint8:
-        out = engine.merge(l8, colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints), saturation))
+        out = engine.merge(l8, colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints, match), saturation))
     else:
-        ab = colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints), saturation)
+        ab = colour.scale_chroma(_predict_ab(engine, l8, size, frame_hints, match), saturation)
         out = merge_16bit(image[:, :, :3] if alpha is not None else image, ab)
     if alpha is not None and dst.suffix.lower() not in NO_ALPHA_SUFFIXES:
         out = np.dstack([out, alpha])
@@ -66,15 +71,18 @@ def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None 
     return f"{w}×{h} {depth}{' with alpha' if out.ndim == 3 and out.shape[2] == 4 else ''}"
 
 
-def _predict_ab(engine: Engine, l8: np.ndarray, size: tuple[int, int], hints: list[Hint] | None) -> np.ndarray:
-    """The network's ab (2×h×w, Lab units) for one frame, as Engine.colorize computes it."""
+def _predict_ab(engine: Engine, l8: np.ndarray, size: tuple[int, int], hints: list[Hint] | None,
+                match=None) -> np.ndarray:
+    """The network's ab (2×h×w, Lab units) for one frame, as Engine.colorize computes it
+    (with a reference `match` laid over it)."""
     w, h = size
     batch = colour.l8_to_network(l8, size)[None, None]
     hint_ab = hint_mask = None
     if hints:
         ab, mask = rasterise(hints, w, h)
         hint_ab, hint_mask = ab[None], mask[None]
-    return engine.infer(batch, [engine.new_state(size)], hint_ab, hint_mask)[0]
+    ab = engine.infer(batch, [engine.new_state(size)], hint_ab, hint_mask)[0]
+    return blend(ab, match) if match is not None else ab
 
 
 def merge_16bit(image: np.ndarray, ab: np.ndarray) -> np.ndarray:

@@ -21,9 +21,11 @@ from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and p
 from stream.logs import setup_logging
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
 from engines.colour import MAX_SATURATION
+from engines.reference import FeatureModel, ReferenceError
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
 from stream.imagefile import ImageFileError, colorize_image, is_image
+from stream.reference import References
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD
 from stream.videoencode import EncodeSettings
 from stream.videofile import VideoFileError
@@ -34,7 +36,7 @@ log = logging.getLogger("chromacast.colorize")
 PROG = "chromacast colorize"
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
                   ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".mxf", ".vob"}
-USER_ERRORS = (VideoFileError, ImageFileError, HintsError, EngineError, WorkFolderError)
+USER_ERRORS = (VideoFileError, ImageFileError, HintsError, EngineError, WorkFolderError, ReferenceError)
 
 
 class UsageError(RuntimeError):
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="video file, image, or folder of videos and images")
     p.add_argument("output", type=Path, help="output file (or folder, for a folder input)")
     p.add_argument("--hints", type=Path, metavar="FILE", help="colour hints (JSON/YAML, see docs/colorize.md)")
+    p.add_argument("--reference", type=Path, metavar="REF.jpg", help="colour reference image for every frame")
+    p.add_argument("--references", type=Path, metavar="FILE",
+                   help="frame or time ranges -> reference images (YAML/JSON, see docs/colorize.md)")
+    p.add_argument("--reference-debug", type=Path, metavar="OUT.png",
+                   help="write the first referenced frame's match confidence map here")
     p.add_argument("--compare", type=Path, metavar="OUT.mp4", help="also write a side-by-side input | output video")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished segment")
     p.add_argument("--scene-threshold", type=float, default=DEFAULT_SCENE_THRESHOLD, metavar="X",
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         missing = sorted(hints.named_files() - {src.name for src, _ in jobs})
         if missing:
             raise UsageError(f"hints file {args.hints} names {missing[0]!r}, which is not in {args.input}")
+    args.loaded_references = load_reference_option(args)
     engine = open_engine(args.model, args.engine, threads=args.threads)
     try:
         return run_jobs(jobs, engine, hints, args)
@@ -129,6 +137,22 @@ def check_options(args: argparse.Namespace) -> None:
         args.stabiliser = StabiliserSettings(args.stabilise, flow=args.stabilise_flow)
     except ValueError as exc:
         raise UsageError(f"--stabilise {args.stabilise} --stabilise-flow {args.stabilise_flow}: {exc}") from None
+
+
+def load_reference_option(args: argparse.Namespace) -> References | None:
+    """--reference / --references, loaded and checked before any work (ReferenceError: one line)."""
+    if args.reference and args.references:
+        raise UsageError("give --reference or --references, not both")
+    if args.reference_debug and not (args.reference or args.references):
+        raise UsageError("--reference-debug needs --reference or --references")
+    if args.reference_debug and (args.reference_debug.suffix.lower() != ".png" or not args.reference_debug.parent.is_dir()):
+        raise UsageError(f"--reference-debug {args.reference_debug}: needs a .png name in an existing folder")
+    if not (args.reference or args.references):
+        return None
+    from stream.reference import load_references, single_reference
+
+    features = FeatureModel(threads=args.threads)
+    return single_reference(args.reference, features) if args.reference else load_references(args.references, features)
 
 
 def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -164,6 +188,9 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
              args: argparse.Namespace) -> int:
     folder = args.input.is_dir()
     identity = job_identity(args.model, hints, args.threads, args.stabiliser, args.saturation)
+    refs = getattr(args, "loaded_references", None)
+    if refs is not None:
+        identity["reference"] = refs.digest
     failures = skipped = 0
     # a folder gets a bar over its files; each video also gets its own bar over its frames
     files = tqdm(jobs, desc=args.input.name, unit="file", dynamic_ncols=True,
@@ -175,7 +202,7 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
         file_hints = hints.for_file(src.name if folder else None) if hints else None
         try:
             if is_image(src):
-                summary = colorize_image(src, dst, engine, args.short_side, file_hints, args.saturation)
+                summary = colorize_image(src, dst, engine, args.short_side, file_hints, args.saturation, refs)
             else:
                 summary = _colorize_video(src, dst, engine, file_hints, identity, args, nested=folder)
         except USER_ERRORS as exc:
@@ -201,7 +228,8 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
                            encode=EncodeSettings(args.codec, args.crf, args.bitrate, args.preset),
                            segment_frames=args.segment_frames, resume=args.resume, compare=args.compare,
                            hints=hints if hints else None, identity=identity,
-                           stabiliser=args.stabiliser, saturation=args.saturation)
+                           stabiliser=args.stabiliser, saturation=args.saturation,
+                           references=getattr(args, "loaded_references", None), reference_debug=args.reference_debug)
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -225,6 +253,8 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
         parts.append(f"resumed at frame {report.resumed_at}")
     if report.hinted_frames:
         parts.append(f"hints on {report.hinted_frames} frames")
+    if report.referenced_frames:
+        parts.append(f"reference on {report.referenced_frames} frames ({report.reference_cells:.0%} of cells matched)")
     if report.unused_hints:
         parts.append(f"{report.unused_hints} hints after the last frame were not used")
     parts.append("audio: " + (", ".join(report.audio) if report.audio else "none"))

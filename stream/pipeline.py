@@ -25,6 +25,7 @@ from stream.batcher import Batcher
 from stream.config import PipelineConfig
 from stream.ingest import SourceWorker
 from stream.queues import BoundedQueue, Overflow
+from stream.reference import ReferenceError, StreamReferences
 from stream.sinks.base import SinkError, SinkWorker
 from stream.sources import Disconnected, SourceError, open_capture
 from stream.stages import EngineStage, OutputStage
@@ -59,6 +60,7 @@ class Pipeline:
         self.sink_workers: list[SinkWorker] = []
         self.live = None  # web viewer, RTSP, metrics (stream/sinks/live.py)
         self.error: str | None = None
+        self.references: StreamReferences | None = None  # per-source colour references (stream.reference)
         self._stop_requested = threading.Event()
         self._stop_time: float | None = None
         self._started_at: float | None = None
@@ -78,6 +80,8 @@ class Pipeline:
                 if reason:
                     raise SinkError(f"window: {reason}")
             self._captures = self._open_captures()
+            wanted = {s.id: s.reference for s in cfg.sources if s.reference}
+            self.references = StreamReferences(wanted, cfg.engine.threads) if wanted else None
             if self.engine is None:
                 self.engine = open_engine(cfg.engine.model, cfg.engine.kind, threads=cfg.engine.threads,
                                short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch)
@@ -87,7 +91,7 @@ class Pipeline:
             for source_cfg, capture in zip(cfg.sources, self._captures):
                 self._add_source(source_cfg, capture)
             self._open_sinks()
-        except (EngineError, SourceError, SinkError) as exc:
+        except (EngineError, SourceError, SinkError, ReferenceError) as exc:
             self.close()
             raise PipelineError(str(exc)) from None
         self._opened = True
@@ -160,7 +164,8 @@ class Pipeline:
             self.open()
         self._started_at = time.monotonic()
         self._engine_out: BoundedQueue = BoundedQueue(ENGINE_OUT_QUEUE, Overflow.BLOCK, name="engine-out")
-        self.engine_stage = EngineStage(self.live.timed(self.engine), self.batcher, self.slots, self._engine_out, self.fail)
+        self.engine_stage = EngineStage(self.live.timed(self.engine), self.batcher, self.slots, self._engine_out,
+                                        self.fail, self.references)
         queues = [w.queue for w in self.sink_workers] + ([self.window.queue] if self.window else [])
         self.output_stage = OutputStage(self._engine_out, self.stats, self.publisher, queues, self.fail,
                                         merge=self.engine.merge, stabilisers=self._stabilisers(),
@@ -257,6 +262,8 @@ class Pipeline:
             self.live.close()
         if self._own_engine and self.engine is not None:
             self.engine.close()
+        if self.references is not None and self.references.auto and self._started_at is not None:
+            log.info("reference auto: %s", self.references.summary())
 
     # --- hints (from the window, or from any caller) ----------------------------------
     def add_hint(self, stream_id: str, hint: Hint) -> None:

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"colour stabiliser strength, 0 to <1 (0: off; default {StabiliserSettings.strength})")
     p.add_argument("--saturation", type=float, metavar="X",
                    help="colour strength: 0 grey, 1 as predicted (default), up to 2")
+    p.add_argument("--reference", metavar="REF.jpg|auto",
+                   help="colour reference image for every source, or auto (fixed cameras: their colour frames)")
     p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
     p.add_argument("--no-publish", action="store_true", help="do not publish over ZeroMQ")
     p.add_argument("--record", metavar="PATH", help="record each stream to PATH ({stream} = stream id)")
@@ -103,6 +105,8 @@ def load(args: argparse.Namespace) -> PipelineConfig:
     for source in config.sources:  # options that apply to every source
         if args.max_frames is not None:
             source.max_frames = args.max_frames
+        if args.reference:
+            source.reference = args.reference
         if source.kind in ("file", "folder"):
             source.realtime = source.realtime or args.realtime
             source.loop = source.loop or args.loop

@@ -20,11 +20,13 @@ import numpy as np
 
 from engines.backend import Engine
 from engines.colour import network_l8, scale_chroma
-from engines.hints import Hint, HintCarrier, HintMaps, rasterise
+from engines.hints import Hint, HintCarrier, HintMaps, rasterise, user_hinted
+from engines.reference import blend
 from engines.stabilise import Stabilisers
 from stream.batcher import Batcher
 from stream.frame import Frame, StreamEnd
 from stream.queues import BoundedQueue, QueueClosed
+from stream.reference import StreamReferences
 from stream.sinks.base import Sink
 from stream.state import StateSlots
 from stream.stats import Stats
@@ -36,9 +38,10 @@ EVICT_EVERY_S = 1.0
 
 class EngineStage(threading.Thread):
     def __init__(self, engine: Engine, batcher: Batcher, slots: StateSlots, out: BoundedQueue,
-                 on_error: Callable[[str], None]):
+                 on_error: Callable[[str], None], references: StreamReferences | None = None):
         super().__init__(name="engine", daemon=True)
         self.engine, self.batcher, self.slots, self.out = engine, batcher, slots, out
+        self.references = references
         self._on_error = on_error
         self.batches = 0
         self.batched_frames = 0
@@ -70,34 +73,60 @@ class EngineStage(threading.Thread):
             self.out.close()
 
     def _colorize(self, group: list[Frame]) -> None:
-        states, hints = [], []
-        for frame in group:
-            frame.header.stamp("batch")
-            state, frame_hints = self.slots.take(frame)
-            frame.hinted = bool(frame_hints)
-            states.append(state)
-            hints.append(frame_hints)
-        l8 = [f.l8 for f in group]
-        hints = hints if any(hints) else None
-        if self.engine.merges_on_device:
-            for frame, colour in zip(group, self.engine.colorize(l8, states, hints)):
-                frame.colour = colour
-        else:  # the full-resolution merge runs on the output thread, overlapping the next batch
-            # resized here, once: the network's input and the stabiliser's flow both use it
-            size = states[0].size
-            l_net = [network_l8(f, size) for f in l8]
-            maps = [self._carried_hints(frame, l_net[i], hints[i] if hints else None, size)
-                    for i, frame in enumerate(group)]
-            ab = self.engine.predict(l_net, states, hint_maps=maps)
-            for i, frame in enumerate(group):
-                frame.ab, frame.l_net = ab[i], l_net[i]
-        self.batches += 1
-        self.batched_frames += len(group)
-        for frame in group:
+        everything, refs = group, self.references
+        if refs is not None:  # `reference: auto`: colour frames are shown as they came
+            for frame in group:
+                if refs.passes_through(frame.stream, frame.image):
+                    frame.header.stamp("batch")
+                    frame.colour = _bgr8(frame.image)
+            group = [f for f in group if f.colour is None]
+        if group:
+            self._run_network(group)
+            self.batches += 1
+            self.batched_frames += len(group)
+        for frame in everything:
             frame.header.stamp("engine")
             self.out.put(frame)
 
-    def _carried_hints(self, frame: Frame, l_net: np.ndarray, new: list[Hint] | None,
+    def _run_network(self, group: list[Frame]) -> None:
+        states, hints = [], []
+        refs = self.references
+        for frame in group:
+            frame.header.stamp("batch")
+            state, frame_hints = self.slots.take(frame)
+            if refs is not None and refs.restarts(frame.stream) and not frame.header.reset:
+                self.engine.reset_state(state)  # back to grey after colour frames: start afresh
+                frame.header.reset = True
+            frame.hinted = user_hinted(frame_hints)
+            states.append(state)
+            hints.append(frame_hints)
+        l8 = [f.l8 for f in group]
+        # resized here, once: the network's input, the reference match and the stabiliser's flow use it
+        l_net = [network_l8(f, states[0].size) for f in l8] if refs or not self.engine.merges_on_device else None
+        matches = [refs.match(f.stream, l) for f, l in zip(group, l_net)] if refs else [None] * len(group)
+        if self.engine.merges_on_device:  # the reference steers through the hints only
+            for i, m in enumerate(matches):
+                if m is not None and m.mask.any():  # the reference's colours first: a user's hint stays on top
+                    hints[i] = [m.hint()] + (hints[i] or [])
+            for frame, colour in zip(group, self.engine.colorize(l8, states, hints if any(hints) else None)):
+                frame.colour = colour
+        else:  # the full-resolution merge runs on the output thread, overlapping the next batch
+            size = states[0].size
+            maps = []
+            for i, frame in enumerate(group):  # the user's hints carried through the shot, over the reference's
+                user = self._carried_hints(frame, l_net[i], hints[i], size)
+                m = matches[i]
+                if m is None or not m.mask.any():
+                    maps.append(user)
+                else:
+                    reference = rasterise([m.hint()], *size)
+                    maps.append(reference if user is None else _over(reference, user))
+            ab = self.engine.predict(l_net, states, hint_maps=maps)
+            for i, frame in enumerate(group):
+                frame.ab, frame.l_net = (ab[i] if matches[i] is None else blend(ab[i], matches[i])), l_net[i]
+
+
+    def _carried_hints(self, frame: Frame, l_net: np.ndarray, new: list | None,
                        size: tuple[int, int]) -> HintMaps | None:
         """The hint maps for this frame: its new hints over the stream's earlier ones moved along
         the motion; they hold until the state restarts (scene cut, gap, hints cleared)."""
@@ -109,6 +138,22 @@ class EngineStage(threading.Thread):
         if carrier is None:
             carrier = self._carriers[frame.stream] = HintCarrier()
         return carrier.step(l_net, rasterise(new, *size) if new else None)
+
+
+def _over(below: HintMaps, above: HintMaps) -> HintMaps:
+    """Hint maps with `above` laid over `below` where it has hints."""
+    on = above[1][0] > 0
+    below[0][:, on] = above[0][:, on]
+    below[1][:, on] = above[1][:, on]
+    return below
+
+
+def _bgr8(image: np.ndarray) -> np.ndarray:
+    """A captured colour frame as 8-bit BGR (what the sinks take)."""
+    bgr = image[:, :, :3] if image.shape[2] > 3 else image
+    return (bgr >> 8).astype(np.uint8) if bgr.dtype == np.uint16 else np.ascontiguousarray(bgr)
+
+
 
 
 class OutputStage(threading.Thread):

@@ -16,15 +16,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 
 from engines.backend import Engine, StreamState
 from engines.colour import network_l8, to_l8
 from engines.colour import scale_chroma
 from engines.hints import HintCarrier, rasterise
+from engines.reference import blend, debug_image
 from engines.stabilise import ColourStabiliser, StabiliserSettings, usable_settings
 from stream.background import BackgroundWorker, prefetch
 from stream.hintsfile import FrameHints
+from stream.reference import References
 from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
 from stream.videoencode import EncodePlan, EncodeSettings, SegmentEncoder, plan_encoding
 from stream.videofile import DecodedFrame, VideoFileError, VideoInfo, VideoReader
@@ -49,6 +52,8 @@ class VideoJobOptions:
     hints: FrameHints | None = None
     stabiliser: StabiliserSettings = field(default_factory=StabiliserSettings)
     saturation: float = 1.0  # chroma scale of the output (0 grey, 1 as predicted, up to 2)
+    references: References | None = None  # colour from reference images (stream.reference)
+    reference_debug: Path | None = None  # the first referenced frame's confidence map, as PNG
     identity: dict = field(default_factory=dict)  # model, hints digest...: a resumed run must match
 
 
@@ -58,6 +63,8 @@ class VideoReport:
     resumed_at: int = 0
     cuts: int = 0
     hinted_frames: int = 0
+    referenced_frames: int = 0
+    reference_cells: float = 0.0  # mean share of grid cells that took a reference colour
     unused_hints: int = 0
     audio: list[str] = field(default_factory=list)
 
@@ -148,17 +155,30 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
             frame_hints = hints.hints_for(f.index, f.time_s, prev_time, info.frame_duration_s,
                                           info.width, info.height) if hints else None
             report.hinted_frames += bool(frame_hints)
-            if stabiliser or carrier.active or frame_hints or (opts.saturation != 1.0 and not engine.merges_on_device):
-                l_net = network_l8(l8, size)
+            l_net = network_l8(l8, size) if opts.references else None
+            match = opts.references.match(f.index, f.time_s, l_net) if opts.references else None
+            if match is not None:
+                _count_reference(report, match, opts, l_net)
+            if (stabiliser or carrier.active or frame_hints or match is not None
+                    or (opts.saturation != 1.0 and not engine.merges_on_device)):
+                l_net = network_l8(l8, size) if l_net is None else l_net
                 maps = carrier.step(l_net, rasterise(frame_hints, *size) if frame_hints else None)
+                if match is not None and match.mask.any():  # the reference's colours under the user's hints
+                    reference = rasterise([match.hint()], *size)
+                    if maps is not None:
+                        on = maps[1][0] > 0
+                        reference[0][:, on], reference[1][:, on] = maps[0][:, on], maps[1][:, on]
+                    maps = reference
                 ab = engine.predict([l_net], [state], hint_maps=[maps])[0]
+                if match is not None:
+                    ab = blend(ab, match)
                 if stabiliser:
                     if frame_hints:  # a hinted frame shows its hints at once; they are carried from there
                         stabiliser.reset()
                     ab = stabiliser.apply(l_net, ab)
                 out = engine.merge(l8, scale_chroma(ab, opts.saturation))
             else:
-                out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
+                out = engine.colorize([l8], [state])[0]  # no hints, no reference, nothing after the network
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
                 worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
@@ -181,6 +201,14 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     if hints and last is not None:
         report.unused_hints = hints.count_after(last.index, last.time_s, info.frame_duration_s)
     work.mark_complete()
+
+
+def _count_reference(report: VideoReport, match, opts: VideoJobOptions, l_net: np.ndarray) -> None:
+    n = report.referenced_frames
+    report.reference_cells = (report.reference_cells * n + match.coverage) / (n + 1)
+    report.referenced_frames = n + 1
+    if opts.reference_debug is not None and n == 0:
+        cv2.imwrite(str(opts.reference_debug), debug_image(l_net, match))
 
 
 def _converted(frames: Iterator[DecodedFrame], keep_bgr: bool):
