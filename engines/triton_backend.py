@@ -214,6 +214,7 @@ class TritonEngine(Engine):
               hint_mask: np.ndarray | None = None) -> tuple[_Server, str | None]:
         if state.server is None or not state.server.alive:
             if state.server is not None:
+                self._failed(state.server)
                 state.start = True  # its state stayed on the failed server
             state.server = self._pick(state.stream)
         rid = f"{state.stream}-{next(self._ids)}"
@@ -254,8 +255,8 @@ class TritonEngine(Engine):
         server.close()
         self.failovers += 1
         others = sum(s.alive for s in self.servers)
-        log.warning("triton %s: no answer within %g s; its streams move to %d other server(s) with fresh "
-                    "state", server.url, self.timeout_s, others)
+        log.warning("triton %s stopped answering (failed, or nothing within %g s): its streams move to %d "
+                    "other server(s) with fresh state", server.url, self.timeout_s, others)
 
     def _probe_loop(self) -> None:
         while not self._closed.wait(self.retry_s):

@@ -194,3 +194,58 @@ def test_end_frees_the_sequence_and_logs_nothing_wrong(triton, caplog):
         assert remote.failovers == 0 and not caplog.records
     finally:
         remote.close()
+
+
+def test_two_servers_spread_streams_and_fail_over(triton, repository, engine, tmp_path, caplog):
+    """Streams spread over two servers; killing one mid-run moves its streams to the other with
+    fresh state while the others carry on; restarted, it takes new streams again."""
+    second = TritonServer(repository, ["chromacast"], tmp_path / "second.log").start()
+    remote = open_engine(kind="triton", triton={"url": [triton.url, second.url], "timeout_s": 5, "retry_s": 0.3})
+    try:
+        by_server: dict[str, list[str]] = {triton.url: [], second.url: []}
+        n = 0
+        while min(len(v) for v in by_server.values()) < 2:  # rendezvous hashing decides; take 2 of each
+            sid = f"cam{n}"
+            if len(by_server[remote._pick(sid).url]) < 2:
+                by_server[remote._pick(sid).url].append(sid)
+            n += 1
+        ids = by_server[triton.url] + by_server[second.url]
+        inputs = {sid: frames(10, seed) for seed, sid in enumerate(ids)}
+        states = {}
+        for sid in ids:
+            states[sid] = remote.new_state(SIZE)
+            states[sid].stream = sid
+        got: dict[str, list] = {sid: [] for sid in ids}
+        with caplog.at_level(logging.WARNING, "chromacast.engine"):
+            for i in range(10):
+                if i == 5:
+                    second.kill()
+                started = time.monotonic()
+                ab = remote.infer(np.concatenate([inputs[s][i] for s in ids]), [states[s] for s in ids])
+                assert time.monotonic() - started < 8  # nothing hangs
+                for row, sid in enumerate(ids):
+                    got[sid].append(ab[row])
+                if i == 0:
+                    assert {sid: states[sid].server.url for sid in ids} == {
+                        sid: url for url, sids in by_server.items() for sid in sids}
+        assert remote.failovers == 1 and "moved" not in caplog.text and "move to 1 other" in caplog.text
+        assert all(states[sid].server.url == triton.url for sid in ids)
+        moved = set(by_server[second.url])
+        want = run_streams(engine, inputs, {sid: 5 for sid in moved})  # moved streams restart at frame 5
+        for sid in ids:
+            for i in range(10):
+                assert np.abs(got[sid][i] - want[sid][i]).max() < AB_TOLERANCE, f"{sid} frame {i}"
+        second.start()
+        deadline = time.monotonic() + 20
+        while not remote.servers[1].alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert remote.servers[1].alive
+        newcomer = remote.new_state(SIZE)
+        newcomer.stream = by_server[second.url][0] + "-again"
+        while remote._pick(newcomer.stream).url != second.url:
+            newcomer.stream += "+"
+        remote.infer(inputs[ids[0]][0], [newcomer])
+        assert newcomer.server.url == second.url
+    finally:
+        remote.close()
+        second.stop()
