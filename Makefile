@@ -13,7 +13,7 @@ $(RUNTIME_STAMP): pyproject.toml
 	@touch $@
 
 $(DEV_STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[train,dev,triton]'
 	@touch $@
 
 venv: $(RUNTIME_STAMP)
@@ -26,6 +26,7 @@ system-deps:
 	@bash tests/rtsp/install_deps.sh
 
 test: $(DEV_STAMP) system-deps
+	-$(BIN)/python tests/triton_server/server.py  # a CPU tritonserver for tests/test_triton.py (else they skip)
 	$(BIN)/python -m pytest
 
 bench: $(DEV_STAMP)

@@ -51,6 +51,7 @@ class StreamState:
 
     def __init__(self, size: tuple[int, int]):
         self.size = size  # network input (w, h) this state belongs to
+        self.stream = ""  # the stream's id, set by the state slots (a remote engine names sequences by it)
 
 
 class Engine(ABC):
@@ -64,6 +65,9 @@ class Engine(ABC):
     @abstractmethod
     def reset_state(self, state: StreamState) -> None:
         """Back to zero (scene cut, gap, seek)."""
+
+    def end_state(self, state: StreamState) -> None:
+        """The stream ended or went idle: its state is not used again (a remote engine frees it)."""
 
     @abstractmethod
     def infer(self, L: np.ndarray, states: Sequence[StreamState], hint_ab: np.ndarray | None = None,
@@ -153,15 +157,21 @@ def enforce_hints(ab: np.ndarray, hint_ab: np.ndarray, hint_mask: np.ndarray) ->
 
 def open_engine(model: Path | str | None = None, kind: str = "auto", threads: int | None = None,
                 **options) -> Engine:
-    """The engine named by `kind` (auto | tensorrt | onnxruntime) for `model` (ONNX path).
+    """The engine named by `kind` (auto | tensorrt | onnxruntime | triton) for `model` (ONNX path).
 
     `auto` takes TensorRT where it and a GPU are present, else ONNX Runtime, and logs
-    one line saying which and why."""
+    one line saying which and why. `triton` runs on Triton servers (option `triton`:
+    url, model, timeout_s, retry_s); the model then lives in their repository."""
+    if kind == "triton":
+        from engines.triton_backend import open_triton
+
+        return open_triton(options.get("triton"))
+    options.pop("triton", None)
     model = Path(model) if model else DEFAULT_MODEL
     if not model.is_file():
         raise EngineError(f"model file not found: {model}")
     if kind not in ("auto", "tensorrt", "onnxruntime"):
-        raise EngineError(f"unknown engine {kind!r}; expected auto, tensorrt or onnxruntime")
+        raise EngineError(f"unknown engine {kind!r}; expected auto, tensorrt, onnxruntime or triton")
     if kind in ("auto", "tensorrt"):
         reason = tensorrt_unavailable_reason()
         if reason is None:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.cli:export_main", "export a checkpoint or official weights to ONNX"),
     "build-engine": ("engines.tensorrt_build:main", "build a TensorRT FP16 engine (NVIDIA GPU)"),
     "keys": ("stream.security:keys_main", "create a CurveZMQ key pair"),
+    "triton-repo": ("engines.triton_repo:main", "write a Triton Inference Server model repository"),
 }
 
 

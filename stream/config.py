@@ -100,8 +100,18 @@ class SourceConfig(Strict):
         return f"cam{position}"
 
 
+class TritonConfig(Strict):
+    """engine: triton (docs/triton.md): the network runs on Triton Inference Server(s)."""
+
+    url: str | list[str] = "127.0.0.1:8001"  # gRPC HOST:PORT, or a list: streams pinned across servers
+    model: str = "chromacast"  # model name in the servers' repository (chromacast triton-repo)
+    timeout_s: float = Field(10.0, gt=0)  # a server that does not answer in this long is failed over
+    retry_s: float = Field(5.0, gt=0)  # probe a failed server this often
+
+
 class EngineConfig(Strict):
-    kind: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    kind: Literal["auto", "tensorrt", "onnxruntime", "triton"] = "auto"
+    triton: TritonConfig | None = None  # kind: triton; the defaults when left out
     model: Path | None = None  # ONNX file; null: the shipped default model
     short_side: int = Field(160, ge=32, le=2048)  # network input's short side (speed vs detail)
     threads: int | None = Field(None, ge=1, le=256)  # CPU threads for ONNX Runtime; null: all cores

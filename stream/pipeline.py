@@ -22,7 +22,7 @@ from engines.hints import Hint
 from engines.colour import MAX_SATURATION
 from engines.stabilise import StabiliserSettings, Stabilisers, usable_settings
 from stream.batcher import Batcher
-from stream.config import PipelineConfig
+from stream.config import PipelineConfig, TritonConfig
 from stream.ingest import SourceWorker
 from stream.queues import BoundedQueue, Overflow
 from stream.reference import ReferenceError, StreamReferences
@@ -84,7 +84,8 @@ class Pipeline:
             self.references = StreamReferences(wanted, cfg.engine.threads) if wanted else None
             if self.engine is None:
                 self.engine = open_engine(cfg.engine.model, cfg.engine.kind, threads=cfg.engine.threads,
-                               short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch)
+                               short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch,
+                               triton=cfg.engine.triton or TritonConfig())
             self.slots = StateSlots(self.engine, cfg.engine.short_side, cfg.state, cfg.hints)
             max_wait = None if cfg.engine.max_wait_ms is None else cfg.engine.max_wait_ms / 1000
             self.batcher = Batcher(self.slots.network_size, cfg.engine.max_batch, max_wait)

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", "-s", action="append", metavar="SRC",
                    help="replace the config's sources: webcam index, rtsp:// URL, video file or image "
                         "folder (repeat for several)")
-    p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), help="engine backend")
+    p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime", "triton"), help="engine backend")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--short-side", type=int, help="network input short side in pixels")
     p.add_argument("--threads", type=int, help="CPU threads for the engine")

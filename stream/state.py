@@ -68,7 +68,10 @@ class StateSlots:
         hints, clear_state = self._pop_hints(header.stream)
         if slot is None or slot.size != size:
             cuts = SceneCutDetector(self.scene_cut) if self.scene_cut > 0 else None
+            if slot is not None:
+                self.engine.end_state(slot.state)
             slot = self.slots[header.stream] = Slot(self.engine.new_state(size), size, header.epoch, now, cuts)
+            slot.state.stream = header.stream
             header.reset = True
         cut = slot.cuts.update(frame.l8) if slot.cuts else False
         if not header.reset and (slot.epoch != header.epoch or clear_state or cut):
@@ -81,7 +84,9 @@ class StateSlots:
         return slot.state, hints
 
     def end(self, stream_id: str) -> None:
-        self.slots.pop(stream_id, None)
+        slot = self.slots.pop(stream_id, None)
+        if slot is not None:
+            self.engine.end_state(slot.state)
         with self._hint_lock:
             self._hints.pop(stream_id, None)
 
@@ -90,7 +95,7 @@ class StateSlots:
         limit = time.monotonic() - self.idle_timeout_s
         idle = [sid for sid, slot in self.slots.items() if slot.last_used < limit]
         for sid in idle:
-            del self.slots[sid]
+            self.engine.end_state(self.slots.pop(sid).state)
             log.info("%s: idle for %g s, state freed", sid, self.idle_timeout_s)
         return idle
 
