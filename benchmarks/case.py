@@ -291,7 +291,7 @@ def _await_subscription(pipeline: Pipeline, subscriber: Subscriber) -> None:
     while not subscriber.probed.wait(0.05):
         if time.monotonic() > deadline:
             raise BenchError(f"no subscription reached {pipeline.endpoint} within {SUBSCRIBE_TIMEOUT_S:g} s")
-        pipeline.publisher.socket.send(PROBE)
+        pipeline.publisher.send(PROBE)  # send() applies the subscriptions that arrived (XPUB manual mode)
 
 
 def _case_fields(spec: CaseSpec) -> dict:
