@@ -84,10 +84,11 @@ class Engine(ABC):
         return [self.merge(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
 
     @staticmethod
-    def merge(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    def merge(l8: np.ndarray, ab: np.ndarray, l_small: np.ndarray | None = None) -> np.ndarray:
         """BGR frame from its full-resolution L and its low-resolution ab (2×h×w, Lab units).
-        Kept apart from predict() so a pipeline can merge on another thread."""
-        return colour.merge_l8_ab(l8, ab)
+        Kept apart from predict() so a pipeline can merge on another thread. `l_small`: the
+        L plane at ab's size, when the caller has it (colour.merge_l8_ab)."""
+        return colour.merge_l8_ab(l8, ab, l_small)
 
     def predict(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
                 hints: Sequence[list[Hint] | None] | None = None) -> np.ndarray:
