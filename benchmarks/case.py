@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from benchmarks import stats
 from benchmarks.clips import CACHE, SIZES, decode_ms_per_frame, make_clip
+from benchmarks.floor import Load, measure_floor
 from benchmarks.stats import FrameRecord, InferCall
 from engines.backend import Engine, open_engine
 from stream import protocol
@@ -59,6 +60,8 @@ class CaseSpec:
     inputs: list[Path] = field(default_factory=list)  # given files (cycled over streams); empty: a clip
     vs_seed: bool = False
     seed_seconds: float = 5.0
+    floor: bool = False  # also measure the floor (benchmarks/floor.py) on the same clip
+    load: int = 0  # processes that each keep one core busy during the run
 
     @property
     def mode(self) -> str:
@@ -197,11 +200,20 @@ def run_case(spec: CaseSpec, engine: Engine | None = None) -> dict:
                                short_side=config.engine.short_side, max_batch=config.engine.max_batch)
         except Exception as exc:
             raise BenchError(str(exc).splitlines()[0]) from None
+    if spec.load < 0:
+        raise BenchError("load must be >= 0")
     try:
-        result = _run_pipeline(spec, config, engine, inputs, decode_ms)
+        with Load(spec.load):
+            result = _run_pipeline(spec, config, engine, inputs, decode_ms)
+            if spec.floor:  # under the same load as the run
+                result["floor"] = measure_floor(inputs[0], jpeg_quality=config.publish.jpeg_quality)
     finally:
         if own_engine:
             engine.close()
+    per_frame = result["cpu"]["ms_per_frame"]
+    if spec.floor and per_frame is not None and result["floor"]["total_ms"] > 0:
+        result["floor"]["pipeline_cpu_ms_per_frame"] = per_frame
+        result["floor"]["multiple"] = per_frame / result["floor"]["total_ms"]
     if seed_model is not None:
         from benchmarks.seed import SeedError, measure_seed, read_bgr_frames
 
@@ -260,6 +272,7 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
     if pipeline.error:
         raise BenchError(pipeline.error, exit_code=1)
     window_s = (stop_ns - warm_ns) / 1e9
+    out_frames = len(stats.in_window(subscriber.records, warm_ns, stop_ns))
     cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     engine_stage = pipeline.engine_stage
     return summarize_run(
@@ -274,6 +287,9 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
                      "source_fps": [s.fps for s in pipeline.sources]},
             "decode_ms_per_frame": decode_ms,
             "cpu": {"process_share": cpu_s / (window_s * (os.cpu_count() or 1)) if window_s > 0 else None,
+                    # the whole process (decode, engine, output, publish) per frame published in the window
+                    "ms_per_frame": 1000 * cpu_s / out_frames if out_frames else None,
+                    "load_processes": spec.load,
                     "loadavg_before": [round(v, 2) for v in load_before], "cores": os.cpu_count()},
             "publisher": {"sent": pipeline.publisher.sent, "not_sent": pipeline.publisher.not_sent},
             "subscriber": {"received": len(subscriber.records), "malformed": subscriber.malformed,
