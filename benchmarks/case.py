@@ -56,6 +56,7 @@ class CaseSpec:
     stabiliser: float | None = None  # colour stabiliser strength; None: the pipeline's default
     threads: int | None = None
     engine: str = "auto"
+    precision: str = "fp32"  # int8: the INT8 model beside the FP32 one (ONNX Runtime)
     model: Path | None = None
     inputs: list[Path] = field(default_factory=list)  # given files (cycled over streams); empty: a clip
     vs_seed: bool = False
@@ -147,7 +148,7 @@ def pipeline_config(spec: CaseSpec, inputs: list[Path]) -> PipelineConfig:
         sources.append(source)
     engine = {k: v for k, v in (("kind", spec.engine), ("model", spec.model and str(spec.model)),
                                 ("short_side", spec.short_side), ("max_batch", spec.batch),
-                                ("threads", spec.threads)) if v is not None}
+                                ("threads", spec.threads), ("precision", spec.precision)) if v is not None}
     data = {"sources": sources, "engine": engine, "stats": {"interval_s": 0},
             "state": {} if spec.stabiliser is None else {"stabiliser": {"strength": spec.stabiliser}},
             "publish": {"bind": "tcp://127.0.0.1:*", "sndhwm": PUBLISH_HWM, "linger_ms": 2000}}
@@ -197,7 +198,8 @@ def run_case(spec: CaseSpec, engine: Engine | None = None) -> dict:
     if own_engine:
         try:
             engine = open_engine(config.engine.model, config.engine.kind, threads=config.engine.threads,
-                               short_side=config.engine.short_side, max_batch=config.engine.max_batch)
+                               short_side=config.engine.short_side, max_batch=config.engine.max_batch,
+                               precision=config.engine.precision)
         except Exception as exc:
             raise BenchError(str(exc).splitlines()[0]) from None
     if spec.load < 0:
@@ -283,6 +285,7 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
                      "network_size": list(engine.network_size(width, height, config.engine.short_side)),
                      "short_side": config.engine.short_side, "max_batch": config.engine.max_batch,
                      "threads": config.engine.threads, "engine": engine.name,
+                     "precision": config.engine.precision,
                      "stabiliser": config.state.stabiliser.strength,
                      "source_fps": [s.fps for s in pipeline.sources]},
             "decode_ms_per_frame": decode_ms,

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stabiliser", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 = off (default: the pipeline's, {StabiliserSettings.strength})")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="int8: the INT8 model beside the FP32 one (chromacast export --int8)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--input", type=Path, action="append", metavar="FILE",
                    help="play this video instead of a generated clip (repeat; cycled over streams)")
@@ -70,7 +72,8 @@ def spec_from(args: argparse.Namespace) -> CaseSpec:
                     warmup_s=args.warmup, short_side=args.short_side, batch=args.batch, threads=args.threads,
                     stabiliser=args.stabiliser,
                     engine=args.engine, model=args.model, inputs=list(args.input or []), vs_seed=args.vs_seed,
-                    seed_seconds=args.seed_seconds, floor=args.floor, load=args.load)
+                    seed_seconds=args.seed_seconds, floor=args.floor, load=args.load,
+                    precision=args.precision)
 
 
 def _ms(value: float | None) -> str:

@@ -122,12 +122,15 @@ class Engine(ABC):
 
 
 def open_engine(model: Path | str | None = None, kind: str = "auto", threads: int | None = None,
-                **options) -> Engine:
+                precision: str = "fp32", **options) -> Engine:
     """The engine named by `kind` (auto | tensorrt | onnxruntime) for `model` (ONNX path).
 
     `auto` takes TensorRT where it and a GPU are present, else ONNX Runtime, and logs
-    one line saying which and why."""
+    one line saying which and why. `precision` int8: ONNX Runtime runs the INT8 model beside
+    `model` (engines/quantize.py); TensorRT builds its own FP16 engine from `model`."""
     model = Path(model) if model else DEFAULT_MODEL
+    if precision not in ("fp32", "int8"):
+        raise EngineError(f"unknown precision {precision!r}; expected fp32 or int8")
     if not model.is_file():
         raise EngineError(f"model file not found: {model}")
     if kind not in ("auto", "tensorrt", "onnxruntime"):
@@ -151,6 +154,13 @@ def open_engine(model: Path | str | None = None, kind: str = "auto", threads: in
         log.info("engine: onnxruntime on CPU (%s)", reason)
     from engines.onnx_backend import OnnxRuntimeEngine
 
+    if precision == "int8":
+        from engines.quantize import int8_path
+
+        model = int8_path(model)
+        if not model.is_file():
+            raise EngineError(f"INT8 model not found: {model} (make it with: chromacast export --int8 "
+                              f"--onnx {model.with_name(model.name.replace('.int8', ''))})")
     return OnnxRuntimeEngine(model, threads=threads)
 
 

@@ -79,7 +79,8 @@ class Pipeline:
             self._captures = self._open_captures()
             if self.engine is None:
                 self.engine = open_engine(cfg.engine.model, cfg.engine.kind, threads=cfg.engine.threads,
-                               short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch)
+                               short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch,
+                               precision=cfg.engine.precision)
             self.slots = StateSlots(self.engine, cfg.engine.short_side, cfg.state, cfg.hints)
             max_wait = None if cfg.engine.max_wait_ms is None else cfg.engine.max_wait_ms / 1000
             self.batcher = Batcher(self.slots.network_size, cfg.engine.max_batch, max_wait)
