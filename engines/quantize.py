@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-import onnx
 
 from engines import colour
 
@@ -118,8 +117,8 @@ class _Feeds:
         return Reader()
 
 
-def fp32_convolutions(model: onnx.ModelProto) -> list[str]:
-    """The convolutions left in FP32: the first (its input is the picture itself), the last
+def fp32_convolutions(model) -> list[str]:
+    """The convolutions of `model` (an onnx.ModelProto) left in FP32: the first (its input is the picture itself), the last
     (the bin logits, which the annealed mean at T = 0.38 sharpens 2.6x) and the depthwise
     ones (one filter per channel: measured on the shipped model, their INT8 error was most
     of the whole network's, for little of its time)."""
@@ -140,6 +139,7 @@ def quantize_model(model: Path, out: Path, planes: Sequence[np.ndarray], reduce_
     `reduce_range`: 7-bit weights, which keeps AVX2's u8×s8 multiply-adds from saturating
     (CPUs without VNNI; without it the shipped model's error was 4x). `exclude`: names of
     convolutions to keep in FP32 (default: fp32_convolutions)."""
+    import onnx  # the int8 extra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

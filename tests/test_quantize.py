@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 
 from conftest import run_cli
@@ -15,6 +14,8 @@ from engines import colour, quantize
 from engines.backend import EngineError, open_engine
 from stream.config import PipelineConfig
 from test_evaluate import colour_texture, tiny_model  # noqa: F401  (fixtures)
+
+onnx = pytest.importorskip("onnx", reason="the int8 extra (onnx) is not installed")
 
 # INT8 against FP32 on the tiny model, Lab units of ab (whose values reach tens of units)
 MEAN_TOLERANCE = 1.5
