@@ -183,6 +183,10 @@ def quantize_file(model: Path, out: Path | None = None, calibration: Path = DEFA
     model = Path(model)
     if not model.is_file():
         raise QuantizeError(f"model file not found: {model}")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise QuantizeError("--int8 needs onnx: pip install 'chromacast[int8]'") from None
     out = Path(out) if out else int8_path(model)
     if out.resolve() == model.resolve():
         raise QuantizeError("the INT8 model would replace its FP32 source; choose another --out")
