@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from benchmarks import stats
 from benchmarks.clips import CACHE, SIZES, decode_ms_per_frame, make_clip
+from benchmarks.floor import Load, measure_floor
 from benchmarks.stats import FrameRecord, InferCall
 from engines.backend import Engine, open_engine
 from stream import protocol
@@ -55,11 +56,14 @@ class CaseSpec:
     stabiliser: float | None = None  # colour stabiliser strength; None: the pipeline's default
     threads: int | None = None
     engine: str = "auto"
+    precision: str = "fp32"  # int8: the INT8 model beside the FP32 one (ONNX Runtime)
     model: Path | None = None
     inputs: list[Path] = field(default_factory=list)  # given files (cycled over streams); empty: a clip
     vs_seed: bool = False
     seed_seconds: float = 5.0
     reference: str | None = None  # colour reference image (or auto) for every stream
+    floor: bool = False  # also measure the floor (benchmarks/floor.py) on the same clip
+    load: int = 0  # processes that each keep one core busy during the run
 
     @property
     def mode(self) -> str:
@@ -147,7 +151,7 @@ def pipeline_config(spec: CaseSpec, inputs: list[Path]) -> PipelineConfig:
         sources.append(source)
     engine = {k: v for k, v in (("kind", spec.engine), ("model", spec.model and str(spec.model)),
                                 ("short_side", spec.short_side), ("max_batch", spec.batch),
-                                ("threads", spec.threads)) if v is not None}
+                                ("threads", spec.threads), ("precision", spec.precision)) if v is not None}
     data = {"sources": sources, "engine": engine, "stats": {"interval_s": 0},
             "state": {} if spec.stabiliser is None else {"stabiliser": {"strength": spec.stabiliser}},
             "publish": {"bind": "tcp://127.0.0.1:*", "sndhwm": PUBLISH_HWM, "linger_ms": 2000}}
@@ -197,14 +201,24 @@ def run_case(spec: CaseSpec, engine: Engine | None = None) -> dict:
     if own_engine:
         try:
             engine = open_engine(config.engine.model, config.engine.kind, threads=config.engine.threads,
-                               short_side=config.engine.short_side, max_batch=config.engine.max_batch)
+                               short_side=config.engine.short_side, max_batch=config.engine.max_batch,
+                               precision=config.engine.precision)
         except Exception as exc:
             raise BenchError(str(exc).splitlines()[0]) from None
+    if spec.load < 0:
+        raise BenchError("load must be >= 0")
     try:
-        result = _run_pipeline(spec, config, engine, inputs, decode_ms)
+        with Load(spec.load):
+            result = _run_pipeline(spec, config, engine, inputs, decode_ms)
+            if spec.floor:  # under the same load as the run
+                result["floor"] = measure_floor(inputs[0], jpeg_quality=config.publish.jpeg_quality)
     finally:
         if own_engine:
             engine.close()
+    per_frame = result["cpu"]["ms_per_frame"]
+    if spec.floor and per_frame is not None and result["floor"]["total_ms"] > 0:
+        result["floor"]["pipeline_cpu_ms_per_frame"] = per_frame
+        result["floor"]["multiple"] = per_frame / result["floor"]["total_ms"]
     if seed_model is not None:
         from benchmarks.seed import SeedError, measure_seed, read_bgr_frames
 
@@ -263,6 +277,7 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
     if pipeline.error:
         raise BenchError(pipeline.error, exit_code=1)
     window_s = (stop_ns - warm_ns) / 1e9
+    out_frames = len(stats.in_window(subscriber.records, warm_ns, stop_ns))
     cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     engine_stage = pipeline.engine_stage
     return summarize_run(
@@ -273,10 +288,14 @@ def _run_pipeline(spec: CaseSpec, config: PipelineConfig, engine: Engine, inputs
                      "network_size": list(engine.network_size(width, height, config.engine.short_side)),
                      "short_side": config.engine.short_side, "max_batch": config.engine.max_batch,
                      "threads": config.engine.threads, "engine": engine.name,
+                     "precision": config.engine.precision,
                      "stabiliser": config.state.stabiliser.strength,
                      "source_fps": [s.fps for s in pipeline.sources]},
             "decode_ms_per_frame": decode_ms,
             "cpu": {"process_share": cpu_s / (window_s * (os.cpu_count() or 1)) if window_s > 0 else None,
+                    # the whole process (decode, engine, output, publish) per frame published in the window
+                    "ms_per_frame": 1000 * cpu_s / out_frames if out_frames else None,
+                    "load_processes": spec.load,
                     "loadavg_before": [round(v, 2) for v in load_before], "cores": os.cpu_count()},
             "publisher": {"sent": pipeline.publisher.sent, "not_sent": pipeline.publisher.not_sent},
             "subscriber": {"received": len(subscriber.records), "malformed": subscriber.malformed,
@@ -294,7 +313,7 @@ def _await_subscription(pipeline: Pipeline, subscriber: Subscriber) -> None:
     while not subscriber.probed.wait(0.05):
         if time.monotonic() > deadline:
             raise BenchError(f"no subscription reached {pipeline.endpoint} within {SUBSCRIBE_TIMEOUT_S:g} s")
-        pipeline.publisher.socket.send(PROBE)
+        pipeline.publisher.send(PROBE)  # send() applies the subscriptions that arrived (XPUB manual mode)
 
 
 def _case_fields(spec: CaseSpec) -> dict:

@@ -12,6 +12,10 @@ that receives every frame. Figures, over the window after the warm-up:
   stage shares        each segment's share of the mean latency (benchmarks/stats.py)
   busy, bottleneck    how busy each serial stage was; the busiest one
   frames              in / out / dropped, for the whole run and the window
+  cpu per frame       the process's CPU time per frame published (all its threads)
+  floor               --floor: CPU per frame of decode + one Lab conversion + one JPEG at the
+                      output size on the same clip (benchmarks/floor.py), and the pipeline's
+                      CPU per frame as a multiple of it
   seed, ratio         --vs-seed: the OpenCV-DNN ECCV16 route's fps on the same frames,
                       measured after the pipeline in the same process (benchmarks/seed.py)
 """
@@ -48,9 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"colour stabiliser strength, 0 = off (default: the pipeline's, {StabiliserSettings.strength})")
     p.add_argument("--reference", metavar="REF.jpg|auto", help="colour reference for every stream (its cost)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="int8: the INT8 model beside the FP32 one (chromacast export --int8)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--input", type=Path, action="append", metavar="FILE",
                    help="play this video instead of a generated clip (repeat; cycled over streams)")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure the floor: decode + one Lab conversion + one JPEG per frame")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="start N processes that each keep one core busy during the run (default 0)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures (and machine info) here")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write a latency histogram + stage breakdown")
     p.add_argument("-q", "--quiet", action="store_true", help="errors and the figures only")
@@ -63,7 +73,8 @@ def spec_from(args: argparse.Namespace) -> CaseSpec:
                     warmup_s=args.warmup, short_side=args.short_side, batch=args.batch, threads=args.threads,
                     stabiliser=args.stabiliser,
                     engine=args.engine, model=args.model, inputs=list(args.input or []), vs_seed=args.vs_seed,
-                    seed_seconds=args.seed_seconds, reference=args.reference)
+                    seed_seconds=args.seed_seconds, reference=args.reference, floor=args.floor, load=args.load,
+                    precision=args.precision)
 
 
 def _ms(value: float | None) -> str:
@@ -93,6 +104,16 @@ def describe(result: dict) -> str:
     w = frames["window"]
     lines.append(f"  frames         in {frames['in']}, out {frames['out']}, dropped {frames['dropped']} "
                  f"(measured window: in {w['in']}, out {w['out']}, dropped {w['dropped']})")
+    cpu = result["cpu"]
+    if cpu.get("ms_per_frame") is not None:
+        load = f", {cpu['load_processes']} busy-core load process(es) running" if cpu.get("load_processes") else ""
+        lines.append(f"  cpu            {cpu['ms_per_frame']:.1f} ms per frame{load}")
+    floor = result.get("floor")
+    if floor:
+        multiple = floor.get("multiple")
+        lines.append(f"  floor          {floor['total_ms']:.1f} ms per frame (decode {_ms(floor['decode_ms'])}, "
+                     f"Lab {_ms(floor['lab_ms'])}, JPEG {_ms(floor['jpeg_ms'])})"
+                     + ("" if multiple is None else f" -> pipeline {multiple:.2f}x the floor"))
     seed = result.get("seed")
     if seed:
         capped = " (pipeline capped by the source rate: use --max)" if seed["pipeline_capped_by_source"] else ""
@@ -109,8 +130,8 @@ def describe(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(-1 if args.quiet else 0)
-    if args.streams < 1 or args.seconds <= 0 or args.warmup < 0:
-        error_line("bench", "--streams must be >= 1, --seconds > 0, --warmup >= 0")
+    if args.streams < 1 or args.seconds <= 0 or args.warmup < 0 or args.load < 0:
+        error_line("bench", "--streams must be >= 1, --seconds > 0, --warmup >= 0, --load >= 0")
         return 2
     try:
         result = run_case(spec_from(args))

@@ -93,10 +93,11 @@ class Engine(ABC):
         return [self.merge(l8, ab[i]) for i, l8 in enumerate(l8_frames)]
 
     @staticmethod
-    def merge(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    def merge(l8: np.ndarray, ab: np.ndarray, l_small: np.ndarray | None = None) -> np.ndarray:
         """BGR frame from its full-resolution L and its low-resolution ab (2×h×w, Lab units).
-        Kept apart from predict() so a pipeline can merge on another thread."""
-        return colour.merge_l8_ab(l8, ab)
+        Kept apart from predict() so a pipeline can merge on another thread. `l_small`: the
+        L plane at ab's size, when the caller has it (colour.merge_l8_ab)."""
+        return colour.merge_l8_ab(l8, ab, l_small)
 
     def predict(self, l8_frames: Sequence[np.ndarray], states: Sequence[StreamState],
                 hints: Sequence[list[Hint] | None] | None = None,
@@ -156,18 +157,22 @@ def enforce_hints(ab: np.ndarray, hint_ab: np.ndarray, hint_mask: np.ndarray) ->
 
 
 def open_engine(model: Path | str | None = None, kind: str = "auto", threads: int | None = None,
-                **options) -> Engine:
+                precision: str = "fp32", **options) -> Engine:
     """The engine named by `kind` (auto | tensorrt | onnxruntime | triton) for `model` (ONNX path).
 
     `auto` takes TensorRT where it and a GPU are present, else ONNX Runtime, and logs
-    one line saying which and why. `triton` runs on Triton servers (option `triton`:
-    url, model, timeout_s, retry_s); the model then lives in their repository."""
+    one line saying which and why. `precision` int8: ONNX Runtime runs the INT8 model beside
+    `model` (engines/quantize.py); TensorRT builds its own FP16 engine from `model`. `triton`
+    runs on Triton servers (option `triton`: url, model, timeout_s, retry_s); the model then
+    lives in their repository."""
     if kind == "triton":
         from engines.triton_backend import open_triton
 
         return open_triton(options.get("triton"))
     options.pop("triton", None)
     model = Path(model) if model else DEFAULT_MODEL
+    if precision not in ("fp32", "int8"):
+        raise EngineError(f"unknown precision {precision!r}; expected fp32 or int8")
     if not model.is_file():
         raise EngineError(f"model file not found: {model}")
     if kind not in ("auto", "tensorrt", "onnxruntime"):
@@ -191,6 +196,13 @@ def open_engine(model: Path | str | None = None, kind: str = "auto", threads: in
         log.info("engine: onnxruntime on CPU (%s)", reason)
     from engines.onnx_backend import OnnxRuntimeEngine
 
+    if precision == "int8":
+        from engines.quantize import int8_path
+
+        model = int8_path(model)
+        if not model.is_file():
+            raise EngineError(f"INT8 model not found: {model} (make it with: chromacast export --int8 "
+                              f"--onnx {model.with_name(model.name.replace('.int8', ''))})")
     return OnnxRuntimeEngine(model, threads=threads)
 
 

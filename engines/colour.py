@@ -87,46 +87,81 @@ def scale_chroma(ab: np.ndarray, saturation: float) -> np.ndarray:
     return ab * np.float32(saturation)
 
 
-def merge_l8_ab(l8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+def merge_l8_ab(l8: np.ndarray, ab: np.ndarray, l_small: np.ndarray | None = None) -> np.ndarray:
     """Full-resolution BGR uint8 from the input's L and the network's low-resolution ab.
 
-    `ab` is 2×h×w float in Lab units. It is upsampled to the frame size, clipped to
-    the 8-bit Lab range (predictions can leave it) and merged with the untouched L."""
+    `ab` is 2×h×w float in Lab units (changed in place). It is fitted into the gamut and
+    quantised at its own resolution, upsampled to the frame size and merged with the
+    untouched L; only the upsample, the merge and one 8-bit Lab → BGR run at full size.
+    `l_small`: network_l8(l8, (w, h)) when the caller has it already (a stabilised ab is
+    at the network's input size), which saves the one resize of the full frame here."""
     h, w = l8.shape
-    l_small = cv2.resize(l8, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
+    ah, aw = ab.shape[1:]
+    if l_small is None or l_small.shape != (ah, aw):
+        l_small = network_l8(l8, (aw, ah))
     fit_chroma_to_gamut(l_small.astype(np.float32) * np.float32(100 / 255), ab)
-    ab8 = np.empty((ab.shape[1], ab.shape[2], 2), np.uint8)
-    for c in range(2):
-        # +128 offset and clip in one pass per channel, still at low resolution
-        np.clip(ab[c] + 128.0, 0, 255, out=ab[c])
-        ab8[:, :, c] = ab[c]
-    ab_full = cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR)
-    lab = cv2.merge((l8, ab_full[:, :, 0], ab_full[:, :, 1]))
-    return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)
+    # 3 channels at low resolution (L a placeholder): the upsample then writes the final layout
+    # in one pass and L goes in with one more, instead of a merge of strided channel views
+    small = np.zeros((ah, aw, 3), np.uint8)
+    ab += 128.0
+    np.clip(ab, 0, 255, out=ab)
+    small[..., 1], small[..., 2] = ab[0], ab[1]  # truncated, as the 8-bit Lab range needs
+    lab = small if (ah, aw) == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    cv2.mixChannels([np.ascontiguousarray(l8)], [lab], [0, 0])
+    return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR, dst=lab)
+
+
+# OpenCV's sRGB (D65) constants: XYZ → linear RGB and the white point
+_XYZ_TO_RGB = np.array([[3.240479, -1.53715, -0.498535], [-0.969256, 1.875991, 0.041556],
+                        [0.055648, -0.204043, 1.057311]], np.float32)
+_WHITE_X, _WHITE_Z = np.float32(0.950456), np.float32(1.088754)
+# linear RGB this far outside [0, 1] moves L by at most 903.3 × 2e-4 = 0.18 when clipped
+_SURELY_INSIDE = np.float32(2e-4)
+
+
+def _surely_keeps_lightness(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel: is (L, a, b) so nearly inside sRGB that the round trip of _keeps_lightness
+    passes for sure? Plain Lab → linear RGB formulas, a few passes, no gamma."""
+    def finv(t: np.ndarray) -> np.ndarray:
+        return np.where(t > np.float32(6 / 29), t * t * t, (t - np.float32(16 / 116)) * np.float32(1 / 7.787))
+
+    fy = (L + np.float32(16)) * np.float32(1 / 116)
+    y = np.where(L > 8, fy * fy * fy, L * np.float32(1 / 903.3))
+    x = finv(fy + a * np.float32(1 / 500)) * _WHITE_X
+    z = finv(fy - b * np.float32(1 / 200)) * _WHITE_Z
+    ok = np.ones(L.shape, bool)
+    for row in _XYZ_TO_RGB:
+        c = row[0] * x + row[1] * y + row[2] * z
+        ok &= (c >= -_SURELY_INSIDE) & (c <= 1 + _SURELY_INSIDE)
+    return ok
 
 
 def fit_chroma_to_gamut(L: np.ndarray, ab: np.ndarray, iterations: int = 6, tolerance: float = 0.5) -> None:
     """Scale ab down (in place, per pixel) where (L, ab) lies outside sRGB.
 
     Converting an out-of-gamut colour clips RGB and so changes its lightness; shrinking
-    the chroma instead keeps the input's L, as the product promises. One pair of
-    conversions when everything fits, then a few more on the pixels that do not."""
-    lab = np.empty(L.shape + (3,), np.float32)
-    lab[..., 0] = L
-    lab[..., 1], lab[..., 2] = ab[0], ab[1]
-    inside = _keeps_lightness(lab, tolerance)
-    if inside.all():
+    the chroma instead keeps the input's L, as the product promises. A cheap test passes
+    most pixels; OpenCV's round trip decides the rest, then a few bisection steps scale
+    those that do not fit."""
+    doubtful = ~_surely_keeps_lightness(L, ab[0], ab[1])
+    if not doubtful.any():
+        return
+    where = np.nonzero(doubtful)
+    # a column, as the bisection always had: OpenCV's SIMD rows differ from it by up to 0.01 in L
+    lab = np.empty((len(where[0]), 1, 3), np.float32)
+    lab[:, 0, 0], lab[:, 0, 1], lab[:, 0, 2] = L[where], ab[0][where], ab[1][where]
+    outside = ~_keeps_lightness(lab, tolerance)[:, 0]
+    if not outside.any():
         return
     # bisect the scale only where the colour does not fit: usually a small share of the frame
-    where = np.nonzero(~inside)
-    outside = np.empty((len(where[0]), 1, 3), np.float32)
-    outside[:, 0, 0] = L[where]
-    a, b = ab[0][where], ab[1][where]
+    where = (where[0][outside], where[1][outside])
+    lab = lab[outside]
+    a, b = lab[:, 0, 1].copy(), lab[:, 0, 2].copy()
     lo, hi = np.zeros(len(a), np.float32), np.ones(len(a), np.float32)
     for _ in range(iterations):
         mid = (lo + hi) * 0.5
-        outside[:, 0, 1], outside[:, 0, 2] = a * mid, b * mid
-        ok = _keeps_lightness(outside, tolerance)[:, 0]
+        lab[:, 0, 1], lab[:, 0, 2] = a * mid, b * mid
+        ok = _keeps_lightness(lab, tolerance)[:, 0]
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
     ab[0][where] = a * lo

@@ -115,6 +115,8 @@ class EngineConfig(Strict):
     model: Path | None = None  # ONNX file; null: the shipped default model
     short_side: int = Field(160, ge=32, le=2048)  # network input's short side (speed vs detail)
     threads: int | None = Field(None, ge=1, le=256)  # CPU threads for ONNX Runtime; null: all cores
+    # int8: ONNX Runtime runs NAME.int8.onnx beside the model (chromacast export --int8)
+    precision: Literal["fp32", "int8"] = "fp32"
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float | None = Field(None, ge=0, le=1000)  # wait for a fuller batch; null: ~1 frame interval
 

@@ -85,7 +85,7 @@ class Pipeline:
             if self.engine is None:
                 self.engine = open_engine(cfg.engine.model, cfg.engine.kind, threads=cfg.engine.threads,
                                short_side=cfg.engine.short_side, max_batch=cfg.engine.max_batch,
-                               triton=cfg.engine.triton or TritonConfig())
+                               triton=cfg.engine.triton or TritonConfig(), precision=cfg.engine.precision)
             self.slots = StateSlots(self.engine, cfg.engine.short_side, cfg.state, cfg.hints)
             max_wait = None if cfg.engine.max_wait_ms is None else cfg.engine.max_wait_ms / 1000
             self.batcher = Batcher(self.slots.network_size, cfg.engine.max_batch, max_wait)

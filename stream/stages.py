@@ -159,7 +159,7 @@ def _bgr8(image: np.ndarray) -> np.ndarray:
 class OutputStage(threading.Thread):
     def __init__(self, source: BoundedQueue, stats: Stats, publisher: Sink | None,
                  sink_queues: list[BoundedQueue], on_error: Callable[[str], None],
-                 merge: Callable[[np.ndarray, np.ndarray], np.ndarray] = Engine.merge,
+                 merge: Callable[..., np.ndarray] = Engine.merge,
                  stabilisers: Stabilisers | None = None, saturation: float = 1.0,
                  idle_timeout_s: float = 30.0):
         """`sink_queues`: the queues of the sinks that run on their own (recorder, window);
@@ -202,7 +202,9 @@ class OutputStage(threading.Thread):
                         header = item.header
                         ab = self.stabilisers.apply(header.stream, item.l_net, ab, header.reset or item.hinted)
                     # after the stabiliser, which must carry the network's own colours
-                    item.colour = self.merge(item.l8, scale_chroma(ab, self.saturation))
+                    # a stabilised ab is at the network input's size: its L plane is at hand
+                    l_small = item.l_net if item.l_net is not None and item.l_net.shape == ab.shape[1:] else None
+                    item.colour = self.merge(item.l8, scale_chroma(ab, self.saturation), l_small)
                     item.l_net = None
                     item.ab = None
                 if publisher:

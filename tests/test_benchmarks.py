@@ -2,6 +2,7 @@
 runs (real pipeline, real ZeroMQ on loopback, a real H.264 clip in tmp_path), and its plots
 and summary. Nothing here checks speed."""
 import json
+import multiprocessing
 
 import cv2
 import numpy as np
@@ -221,3 +222,22 @@ def test_bench_command_rejects_a_broken_video(tmp_path, capsys):
     assert bench_main(["--input", str(broken), "--seconds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(broken) in err[0]
+
+
+def test_floor_and_load_parts_in_the_json(clip, engine, tmp_path):
+    spec = CaseSpec(streams=1, fps=None, realtime=False, seconds=1.0, warmup_s=0.3, inputs=[clip], short_side=96,
+                    floor=True, load=1)
+    result = run_case(spec, engine)
+    floor = result["floor"]
+    for part in ("decode_ms", "lab_ms", "jpeg_ms"):
+        assert floor[part] is not None and floor[part] >= 0
+    assert floor["total_ms"] == pytest.approx(floor["decode_ms"] + floor["lab_ms"] + floor["jpeg_ms"])
+    assert (floor["width"], floor["height"]) == (320, 180) and floor["frames"] > 0
+    assert floor["pipeline_cpu_ms_per_frame"] == result["cpu"]["ms_per_frame"] > 0
+    assert floor["multiple"] == pytest.approx(floor["pipeline_cpu_ms_per_frame"] / floor["total_ms"])
+    assert result["cpu"]["load_processes"] == 1
+    assert not [p for p in multiprocessing.active_children() if p.name == "bench-load"]  # the load ended
+    out = tmp_path / "bench.json"
+    assert bench_main(["--input", str(clip), "--max", "--seconds", "0.5", "--warmup", "0.2", "--short-side", "96",
+                       "--floor", "-q", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["floor"]) >= {"decode_ms", "lab_ms", "jpeg_ms", "total_ms", "multiple"}

@@ -115,10 +115,16 @@ def export_main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="training checkpoint (runs/…/checkpoint.pt)")
     src.add_argument("--official", choices=["eccv16", "siggraph17"], help="official network (needs --weights)")
+    src.add_argument("--onnx", type=Path, help="an exported chromacast ONNX model (with --int8)")
     ap.add_argument("--weights", type=Path, help="official .pth state dict")
     ap.add_argument("--head", choices=["regression", "classification"], default="regression",
                     help="SIGGRAPH17 output head (default: regression, as upstream)")
-    ap.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    ap.add_argument("--out", type=Path, help="ONNX file to write (with --onnx: default NAME.int8.onnx beside it)")
+    ap.add_argument("--int8", action="store_true", help="also write the INT8 CPU model, NAME.int8.onnx beside "
+                    "the FP32 one (engines/quantize.py; with --onnx: only that)")
+    ap.add_argument("--calibration", type=Path, default=None,
+                    help="photos to calibrate --int8 on (default ../shared/data/train/scenes)")
+    ap.add_argument("--calibration-images", type=int, default=64, metavar="N", help="photos used (default 64)")
     ap.add_argument("--size", type=int, default=224, help="default input short side recorded in the model")
     ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     ap.add_argument("--temperature", type=float, default=None,
@@ -129,24 +135,45 @@ def export_main(argv: list[str] | None = None) -> int:
                          "1 decodes the calibrated colour distribution (higher PSNR, less vivid)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
+    if args.onnx is not None and not args.int8:
+        ap.error("--onnx goes with --int8")
+    if args.onnx is None and args.out is None:
+        ap.error("--out is required")
     try:
-        model, meta = _load_for_export(args)
-        from engines.export import export_onnx
+        if args.onnx is None:
+            _export(args)
+        if args.int8:
+            from engines.quantize import DEFAULT_CALIBRATION, QuantizeError, int8_path, quantize_file
 
-        t0 = time.time()
-        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and folding notes
-            warnings.simplefilter("ignore")
-            path = export_onnx(model, args.out, short_side=args.size, extra_metadata=meta)
-        log.info("wrote %s (%.1f MB, %.0fs)", path, path.stat().st_size / 2 ** 20, time.time() - t0)
-        if not args.no_check:
-            diff = compare_onnx(model, path, args.size)
-            log.info("ONNX Runtime vs PyTorch: max |Δab| %.2e Lab units over 3 frames with hints", diff)
-            if not diff < 0.05:
-                raise CliError(f"exported model disagrees with PyTorch (max |Δab| {diff:.3g}); not trustworthy")
+            fp32 = args.onnx or args.out
+            t0 = time.time()
+            try:
+                path = quantize_file(fp32, args.out if args.onnx else int8_path(args.out),
+                                     args.calibration or DEFAULT_CALIBRATION, args.calibration_images)
+            except QuantizeError as exc:
+                raise CliError(str(exc)) from None
+            log.info("wrote %s (%.1f MB, %.0fs)", path, path.stat().st_size / 2 ** 20, time.time() - t0)
     except CliError as exc:
         print(f"chromacast export: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _export(args) -> None:
+    """Export a checkpoint or official weights to args.out, checked against PyTorch."""
+    model, meta = _load_for_export(args)
+    from engines.export import export_onnx
+
+    t0 = time.time()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and folding notes
+        warnings.simplefilter("ignore")
+        path = export_onnx(model, args.out, short_side=args.size, extra_metadata=meta)
+    log.info("wrote %s (%.1f MB, %.0fs)", path, path.stat().st_size / 2 ** 20, time.time() - t0)
+    if not args.no_check:
+        diff = compare_onnx(model, path, args.size)
+        log.info("ONNX Runtime vs PyTorch: max |Δab| %.2e Lab units over 3 frames with hints", diff)
+        if not diff < 0.05:
+            raise CliError(f"exported model disagrees with PyTorch (max |Δab| {diff:.3g}); not trustworthy")
 
 
 def _load_for_export(args):
