@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
-from stream.protocol import STREAM_ID_PATTERN
+from stream.protocol import MIN_FPS, STREAM_ID_PATTERN
 from stream.security import SecurityConfig
 
 SOURCE_KINDS = ("webcam", "rtsp", "file", "folder")
@@ -47,7 +47,7 @@ class SourceConfig(Strict):
     rtsp: str | None = None
     file: Path | None = None
     folder: Path | None = None
-    fps: float | None = Field(None, gt=0, le=1000)  # folder: frame rate (default 25); webcam: requested
+    fps: float | None = Field(None, ge=MIN_FPS, le=1000)  # folder: frame rate (default 25); webcam: requested
     width: int | None = Field(None, gt=0)  # webcam: requested capture size
     height: int | None = Field(None, gt=0)
     loop: bool = False  # file, folder: start again at the end

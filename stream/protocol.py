@@ -26,6 +26,11 @@ from stream.frame import FrameHeader, StreamEnd
 VERSION = 1
 SEPARATOR = b"\x00"
 MAX_HEADER_BYTES = 65536
+# a frame larger than this is refused before decoding (a tiny message can claim a huge
+# picture); 8192x8192, about twice 8K UHD. Subscribers take --max-pixels to change it.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# a frame rate below this cannot be timed (a recorder's time base would overflow); 0 = unknown
+MIN_FPS = 0.001
 STREAM_ID_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
@@ -130,8 +135,9 @@ def _header_from_fields(stream_id: str, fields: dict) -> FrameHeader:
         return value
 
     fps = fields.get("fps")
-    if type(fps) not in (int, float) or not 0 <= fps < 1e6:
-        raise ProtocolError(f"header field 'fps' must be a number >= 0, got {fps!r}")
+    if type(fps) not in (int, float) or not (fps == 0 or MIN_FPS <= fps < 1e6):
+        raise ProtocolError(f"header field 'fps' must be 0 (unknown) or a number from {MIN_FPS:g} "
+                            f"to 1e6, got {fps!r}")
     stages = fields.get("stages", {})
     if not isinstance(stages, dict) or not all(type(v) is int for v in stages.values()):
         raise ProtocolError("header field 'stages' must map stage names to integer ns timestamps")
@@ -170,10 +176,15 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(message: Message) -> np.ndarray:
-    """The frame's BGR pixels; ProtocolError if the JPEG is broken or not the header's size."""
+def decode_image(message: Message, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The frame's BGR pixels; ProtocolError if the JPEG is broken, not the header's size or
+    more than `max_pixels` pixels (checked before anything is allocated)."""
     if message.jpeg is None or message.header is None:
         raise ProtocolError("an end message has no image")
+    width, height = message.header.width, message.header.height
+    if width * height > max_pixels:
+        raise ProtocolError(f"frame of {width}x{height} is over the limit of {max_pixels} pixels "
+                            "(--max-pixels)")
     # check the size before decoding: a tiny message claiming a huge picture must not make
     # the subscriber allocate and decode it (or trip OpenCV's pixel limit, a cv2.error)
     size = jpeg_size(message.jpeg)

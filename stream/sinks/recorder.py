@@ -18,6 +18,7 @@ import numpy as np
 
 from stream.config import RecordConfig
 from stream.frame import Frame, StreamEnd
+from stream.protocol import MIN_FPS
 from stream.sinks.base import Sink, SinkError
 from stream.workfolder import partial_name
 
@@ -47,6 +48,8 @@ class Mp4Writer:
         odd = width % 2 or height % 2
         if odd and self.codec != "libx264":
             raise SinkError(f"cannot record {width}x{height} with {self.codec}: it needs even sides")
+        if 0 < fps < MIN_FPS:  # its time base could not be written
+            raise SinkError(f"cannot record {self.path} at {fps:g} fps: at least {MIN_FPS:g} fps")
         self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         options = {"crf": str(crf), "preset": preset} if self.codec == "libx264" else {}
         self.partial = partial_name(self.path)
@@ -79,6 +82,13 @@ class Mp4Writer:
         frame.time_base = self.stream.codec_context.time_base
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
+
+    def abort(self) -> None:
+        """Stop without keeping anything (nothing appears under the final name)."""
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.container is None:

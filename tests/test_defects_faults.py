@@ -1,0 +1,167 @@
+"""Faults handled well: hostile messages, signals at any time, tiny frame rates, deep hints files,
+key files, size changes. Real processes, real ZeroMQ sockets on loopback, real files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import ROOT, cli_env, free_port, run_cli, start_cli, write_video
+from stream import protocol
+from stream.frame import FrameHeader
+from test_fuzz import JPEG, with_jpeg_size
+
+RSS_PROBE = ("import resource, sys; from stream.cli import main; rc = main(sys.argv[1:]); "
+             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True); sys.exit(rc)")
+
+
+def header(**fields) -> FrameHeader:
+    values = dict(stream="cam", seq=0, capture_ns=time.time_ns(), width=16, height=12, fps=25.0,
+                  reset=False, stages={})
+    values.update(fields)
+    return FrameHeader(**values)
+
+
+class Flood:
+    """A PUB socket on loopback sending `messages` in a loop until stopped."""
+
+    def __init__(self, messages: list[bytes], interval_s: float = 0.0):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
+        self.socket.linger = 0
+        self.url = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+        self.messages, self.interval_s = messages, interval_s
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            for message in self.messages:
+                self.socket.send(message)
+            time.sleep(self.interval_s or 0.0005)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture
+def flood_factory():
+    floods: list[Flood] = []
+
+    def make(messages: list[bytes], interval_s: float = 0.0) -> Flood:
+        floods.append(Flood(messages, interval_s))
+        return floods[-1]
+
+    yield make
+    for flood in floods:
+        flood.close()
+
+
+def run_probe(args: list[str], timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RSS_PROBE, *args], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(), cwd=cwd)
+
+
+# --- data loss 5: a tiny message claiming a huge picture ------------------------------------
+
+def test_a_tiny_message_claiming_a_huge_frame_is_refused_unread(tmp_path, flood_factory):
+    bomb = protocol.encode_frame(header(width=30000, height=30000), with_jpeg_size(JPEG, 30000, 30000))
+    assert len(bomb) < 1000
+    flood = flood_factory([bomb], interval_s=0.05)
+    started = time.monotonic()
+    result = run_probe(["record", "--connect", flood.url, "--out", str(tmp_path / "x.mp4"), "--timeout", "3"])
+    assert time.monotonic() - started < 30
+    assert "over the limit of 67108864 pixels" in result.stderr, result.stderr
+    rss_mb = int(result.stdout.split("maxrss_kb")[1]) / 1024
+    assert rss_mb < 600, f"record grew to {rss_mb:.0f} MiB on a 629-byte message"
+    assert result.returncode == 1 and "nothing written" in result.stdout
+
+
+def test_the_pixel_cap_is_configurable():
+    message = protocol.decode(protocol.encode_frame(header(), JPEG))
+    assert protocol.decode_image(message).shape == (12, 16, 3)
+    with pytest.raises(protocol.ProtocolError, match="16x12 is over the limit of 100 pixels"):
+        protocol.decode_image(message, max_pixels=100)
+    result = run_cli(["record", "--out", "x.mp4", "--max-pixels", "0"])
+    assert result.returncode == 2 and "--max-pixels" in result.stderr
+
+
+# --- faults 8: a flood of malformed messages must not hold off Ctrl-C or --timeout ------------
+
+def test_timeout_holds_while_malformed_messages_keep_arriving(tmp_path, flood_factory):
+    flood = flood_factory([b"cam\x00{not json}\x00", b"x" * 50])
+    started = time.monotonic()
+    result = run_cli(["record", "--connect", flood.url, "--out", str(tmp_path / "x.mp4"), "--timeout", "2"],
+                     timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1 and "malformed" in result.stdout
+
+
+def test_ctrl_c_stops_record_while_malformed_messages_keep_arriving(tmp_path, flood_factory):
+    flood = flood_factory([b"cam\x00{not json}\x00"])
+    process = start_cli(["record", "--connect", flood.url, "--out", str(tmp_path / "x.mp4")])
+    try:
+        time.sleep(4)  # imports done, flood arriving
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=20)
+        assert time.monotonic() - started < 5, "record ignored Ctrl-C during the flood"
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+
+
+def test_a_frame_with_a_broken_jpeg_is_malformed_not_received(flood_factory):
+    from stream.subscribers import Subscriber
+
+    broken = protocol.encode_frame(header(), JPEG[:200] + b"\x00" * 100)
+    flood = flood_factory([broken], interval_s=0.01)
+    subscriber = Subscriber(flood.url)
+    try:
+        frames = list(subscriber.frames(timeout_s=1.5))
+    finally:
+        subscriber.close()
+    assert frames == []
+    assert subscriber.malformed > 0 and subscriber.received == 0
+
+
+# --- faults 10: frame rates too small to time ------------------------------------------------
+
+def test_a_tiny_fps_is_malformed_not_a_crash(tmp_path, flood_factory):
+    tiny = protocol.encode_frame(header(fps=1e-300), JPEG)
+    with pytest.raises(protocol.ProtocolError, match="'fps'"):
+        protocol.decode(tiny)
+    flood = flood_factory([tiny], interval_s=0.02)
+    result = run_cli(["record", "--connect", flood.url, "--out", str(tmp_path / "x.mp4"), "--timeout", "2"])
+    assert "Traceback" not in result.stderr and result.returncode == 1
+    assert "malformed" in result.stdout
+
+
+def test_a_folder_source_at_a_tiny_fps_is_a_config_error():
+    from stream.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.fps"):
+        parse_config("sources: [{folder: pics, fps: 0.0004}]")
+    parse_config("sources: [{folder: pics, fps: 0.001}]")  # one frame every 1000 s is fine
+
+
+def test_the_recorder_refuses_a_tiny_fps(tmp_path):
+    from stream.sinks.base import SinkError
+    from stream.sinks.recorder import Mp4Writer
+
+    with pytest.raises(SinkError, match="at least 0.001 fps"):
+        Mp4Writer(tmp_path / "x.mp4", 16, 12, 1e-300)
+    writer = Mp4Writer(tmp_path / "slow.mp4", 16, 12, 0.001)
+    writer.close()
