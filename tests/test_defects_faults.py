@@ -165,3 +165,84 @@ def test_the_recorder_refuses_a_tiny_fps(tmp_path):
         Mp4Writer(tmp_path / "x.mp4", 16, 12, 1e-300)
     writer = Mp4Writer(tmp_path / "slow.mp4", 16, 12, 0.001)
     writer.close()
+
+
+# --- data loss 6: key files ---------------------------------------------------------------
+
+def test_a_secret_key_is_never_readable_by_others_not_even_while_it_is_written(tmp_path):
+    out = tmp_path / "keys"
+    out.mkdir()
+    seen: dict[str, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:  # a racing reader: every file that appears, as soon as it appears
+        while not done.is_set():
+            for entry in os.scandir(out):
+                try:
+                    mode = entry.stat().st_mode & 0o777
+                except FileNotFoundError:
+                    continue
+                if "secret" in entry.name:
+                    seen[entry.name] = seen.get(entry.name, 0) | mode
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(10):
+            result = subprocess.run([sys.executable, "-c", "import os, sys; os.umask(0); from stream.cli import main; "
+                                     "sys.exit(main(sys.argv[1:]))", "keys", "--out", str(out), "--force"],
+                                    capture_output=True, text=True, timeout=60, env=cli_env())
+            assert result.returncode == 0, result.stderr
+    finally:
+        done.set()
+        watcher.join()
+    assert seen and all(mode & 0o077 == 0 for mode in seen.values()), {k: oct(v) for k, v in seen.items()}
+    assert (out / "chromacast.key").stat().st_mode & 0o777 == 0o644  # the public key stays readable
+    assert sorted(p.name for p in out.iterdir()) == ["chromacast.key", "chromacast.key_secret"]
+
+
+@pytest.fixture
+def key_pairs(tmp_path):
+    from stream.security import create_key_pair
+
+    server_pub, server_sec = create_key_pair(tmp_path / "server", "server")
+    client_pub, client_sec = create_key_pair(tmp_path / "client", "viewer")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir(mode=0o755)
+    (allowed / client_pub.name).write_bytes(client_pub.read_bytes())
+    (allowed / client_pub.name).chmod(0o644)
+    return {"server_pub": server_pub, "server_sec": server_sec, "client_sec": client_sec, "allowed": allowed}
+
+
+def test_open_key_permissions_are_refused_at_load_unless_overridden(key_pairs, monkeypatch):
+    from stream.security import SecurityError, load_allowed_clients, load_secret_key_file
+
+    load_secret_key_file(key_pairs["server_sec"])
+    load_allowed_clients(key_pairs["allowed"])
+    key_pairs["server_sec"].chmod(0o644)
+    with pytest.raises(SecurityError, match=r"other users can read or change it \(mode 0644\); chmod 600"):
+        load_secret_key_file(key_pairs["server_sec"])
+    key_pairs["allowed"].chmod(0o777)
+    with pytest.raises(SecurityError, match=r"allowed clients folder .*: other users can add keys to it"):
+        load_allowed_clients(key_pairs["allowed"])
+    key_pairs["allowed"].chmod(0o755)
+    (key_pairs["allowed"] / "viewer.key").chmod(0o666)
+    with pytest.raises(SecurityError, match=r"allowed client key .*viewer\.key: other users can change it"):
+        load_allowed_clients(key_pairs["allowed"])
+    monkeypatch.setenv("CHROMACAST_INSECURE_KEYS", "1")
+    load_secret_key_file(key_pairs["server_sec"])  # the override: a warning, and it loads
+    assert load_allowed_clients(key_pairs["allowed"])
+
+
+def test_record_refuses_a_readable_client_key_in_one_line(key_pairs, tmp_path):
+    key_pairs["client_sec"].chmod(0o640)
+    args = ["record", "--connect", f"tcp://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.mp4"),
+            "--server-key", str(key_pairs["server_pub"]), "--client-key", str(key_pairs["client_sec"]),
+            "--timeout", "1"]
+    refused = run_cli(args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chromacast record: error: client secret key file"), lines
+    assert "chmod 600" in lines[0] and "--insecure-keys" in lines[0]
+    allowed = run_cli(args + ["--insecure-keys"])
+    assert "used anyway" in allowed.stderr and "no frames from" in allowed.stderr
