@@ -1,20 +1,24 @@
 """`chromacast run`: run a pipeline from a YAML config, with command-line overrides.
 
-Exit codes: 0 done (also after a graceful stop by SIGINT/SIGTERM), 1 a stage failed or a
-stream ended abnormally (e.g. its camera never came back), 2 bad config or input,
-130 forced exit by a second signal.
+Exit codes (every subcommand): 0 done, 1 a stage failed or a stream ended abnormally (e.g. its
+camera never came back), 2 bad config or input, 130 stopped by SIGINT/SIGTERM (after a graceful
+stop, files closed; also a forced exit by a second signal).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from pathlib import Path
 
 from engines.stabilise import StabiliserSettings
 from stream.config import ConfigError, PipelineConfig, load_config, parse_config
-from stream.logs import error_line, setup_logging
+from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_verbosity_options,
+                         error_line, setup_logging, verbosity)
 from stream.pipeline import Pipeline, PipelineError
 from stream.signals import install_stop_handlers
+
+log = logging.getLogger("chromacast")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, metavar="N", help="end each stream after N frames")
     p.add_argument("--realtime", action="store_true", help="play files at their fps, like a camera")
     p.add_argument("--loop", action="store_true", help="play files and folders in a loop")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true", help="errors and the summary only")
+    add_verbosity_options(p)
     return p
 
 
@@ -101,19 +104,26 @@ def load(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(verbosity(args))
     try:
         config = load(args)
     except ConfigError as exc:
         error_line("run", str(exc))
-        return 2
+        return EXIT_USAGE
     pipeline = Pipeline(config)
+    # before the inputs open: a camera can take seconds to answer, and a Ctrl-C then must count
+    interrupted = install_stop_handlers(pipeline.request_stop)
     try:
         pipeline.open()
     except PipelineError as exc:
+        if interrupted.is_set():  # e.g. the camera's open timed out after the Ctrl-C
+            return EXIT_INTERRUPTED
         error_line("run", str(exc))
-        return 2
-    install_stop_handlers(pipeline.request_stop)
+        return EXIT_USAGE
+    if interrupted.is_set():
+        pipeline.close()
+        log.info("interrupted before the first frame; nothing was written")
+        return EXIT_INTERRUPTED
     try:
         pipeline.start()
         pipeline.wait()
@@ -122,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     print(pipeline.stats.report(), flush=True)
     if pipeline.error:
         error_line("run", pipeline.error)
-        return 1
+        return EXIT_FAILURE
     failed = {sid: s.ended for sid, s in pipeline.stats.streams.items() if s.ended}
     if failed:
         error_line("run", "; ".join(f"stream {sid} ended: {why}" for sid, why in failed.items()))
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK

@@ -246,3 +246,29 @@ def test_record_refuses_a_readable_client_key_in_one_line(key_pairs, tmp_path):
     assert "chmod 600" in lines[0] and "--insecure-keys" in lines[0]
     allowed = run_cli(args + ["--insecure-keys"])
     assert "used anyway" in allowed.stderr and "no frames from" in allowed.stderr
+
+
+# --- faults 9: a Ctrl-C while the inputs are being opened -----------------------------------
+
+def test_ctrl_c_while_a_camera_is_being_opened_stops_run(tmp_path):
+    import socket
+
+    clip = write_video(tmp_path / "clip.mp4", frames=10, width=96, height=64)
+    silent = socket.socket()  # accepts the RTSP connection and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    url = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam"
+    process = start_cli(["run", "--source", str(clip), "--source", url, "--no-publish", "--short-side", "64",
+                         "--duration", "120"], cwd=tmp_path)
+    try:
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # run is inside the camera's open now
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=60)
+        assert time.monotonic() - started < 15, "run went on after the Ctrl-C"
+    finally:
+        process.kill()
+        silent.close()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
