@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.protocol import MIN_FPS, STREAM_ID_PATTERN
 from stream.security import SecurityConfig
+from stream.textdata import load_yaml
 
 SOURCE_KINDS = ("webcam", "rtsp", "file", "folder")
 
@@ -43,7 +44,7 @@ class SourceConfig(Strict):
     """One input stream: exactly one of webcam, rtsp, file, folder."""
 
     id: str | None = Field(None, pattern=f"^{STREAM_ID_PATTERN}$")
-    webcam: int | None = Field(None, ge=0)
+    webcam: int | None = Field(None, ge=0, strict=True)  # strict: `true` is not camera 1
     rtsp: str | None = None
     file: Path | None = None
     folder: Path | None = None
@@ -90,7 +91,7 @@ class SourceConfig(Strict):
 
     def default_id(self, position: int) -> str:
         if self.kind in ("file", "folder"):
-            stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(getattr(self, self.kind)).stem)[:64]
+            stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(getattr(self, self.kind)).stem).lstrip(".-")[:64]
             if stem:
                 return stem
         if self.kind == "webcam":
@@ -249,7 +250,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
 
 def parse_config(text: str, name: str = "config", overrides: dict | None = None) -> PipelineConfig:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

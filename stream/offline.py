@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import av
 from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and pipes
 
-from stream.logs import setup_logging
+from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_verbosity_options, error_line,
+                         setup_logging, verbosity)
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
@@ -66,26 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="encoder speed preset (x264/x265 default medium)")
     p.add_argument("--segment-frames", type=int, default=SEGMENT_FRAMES, metavar="N",
                    help=f"frames per resumable segment (default {SEGMENT_FRAMES})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
+    add_verbosity_options(p)  # -q: no progress bars or summary lines
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity(args))
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops like a Ctrl-C, never silently
     try:
         return run(args)
     except (UsageError, *USER_ERRORS) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        error_line("colorize", str(exc))
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished segments are kept, run again with --resume to continue",
-              file=sys.stderr)
-        return 130
+        error_line("colorize", "interrupted; finished segments are kept, run again with --resume to continue")
+        return EXIT_INTERRUPTED
     except av.error.FFmpegError as exc:
-        print(f"{PROG}: {exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}", file=sys.stderr)
+        error_line("colorize", f"{exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}")
     except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
-    return 1
+        error_line("colorize", f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+    return EXIT_FAILURE
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,7 +184,7 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
             if not folder:
                 raise
             failures += 1
-            tqdm.write(f"{PROG}: {exc}", file=sys.stderr)
+            tqdm.write(f"{PROG}: error: {exc}", file=sys.stderr)
             continue
         if not args.quiet:
             tqdm.write(f"{src.name} -> {dst}: {summary}", file=sys.stderr)
@@ -185,8 +192,8 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
     if skipped and not args.quiet:
         print(f"{skipped} file{'s' if skipped > 1 else ''} already done, skipped", file=sys.stderr)
     if failures:
-        print(f"{PROG}: {failures} of {len(jobs)} files failed", file=sys.stderr)
-        return 1
+        error_line("colorize", f"{failures} of {len(jobs)} files failed")
+        return EXIT_FAILURE
     return 0
 
 

@@ -4,7 +4,7 @@ One message is ONE ZeroMQ frame (single-part, so a latest-only subscriber can us
 
     TOPIC 0x00 HEADER 0x00 JPEG
 
-TOPIC is the stream id (1-64 of A-Z a-z 0-9 _ . -). The 0x00 after it ends the topic, so a
+TOPIC is the stream id (1-64 of A-Z a-z 0-9 _ . -, not starting with . or -). The 0x00 after it ends the topic, so a
 subscription to b"cam1\\0" matches stream "cam1" and not "cam10". HEADER is a JSON object
 (ASCII, so it never holds a 0x00 byte). JPEG is the colorized frame, baseline JPEG (BGR when
 decoded by OpenCV). A stream's last message is an end message: its header has "end": true
@@ -31,8 +31,10 @@ MAX_HEADER_BYTES = 65536
 DEFAULT_MAX_PIXELS = 8192 * 8192
 # a frame rate below this cannot be timed (a recorder's time base would overflow); 0 = unknown
 MIN_FPS = 0.001
-STREAM_ID_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+# not starting with . or -: an id is also a file name ({stream} in a record path), never . or ..
+STREAM_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}"
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
+STREAM_ID_RULE = "use 1-64 of A-Z a-z 0-9 _ . -, not starting with . or -"
 
 
 class ProtocolError(ValueError):
@@ -64,7 +66,7 @@ def is_topic_prefix(prefix: bytes) -> bool:
 def topic(stream_id: str) -> bytes:
     """The subscription prefix that matches exactly one stream."""
     if not is_valid_stream_id(stream_id):
-        raise ProtocolError(f"invalid stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        raise ProtocolError(f"invalid stream id {stream_id!r}: {STREAM_ID_RULE}")
     return stream_id.encode("ascii") + SEPARATOR
 
 

@@ -201,7 +201,7 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 def _open(command: str, args, latest: bool) -> Subscriber | None:
     try:
         if args.stream and not protocol.is_valid_stream_id(args.stream):
-            raise ValueError(f"invalid stream id {args.stream!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+            raise ValueError(f"invalid stream id {args.stream!r}: {protocol.STREAM_ID_RULE}")
         setup = subscriber_socket_setup(subscriber_security_from_args(args))  # checks the key files
         return Subscriber(args.connect, args.stream, latest=latest, socket_setup=setup,
                           max_pixels=args.max_pixels)

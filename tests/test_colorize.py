@@ -392,7 +392,7 @@ def test_unwritable_output_place(tmp_path, tiny_model, capsys):
     if not Path("/proc/self").is_dir():
         pytest.skip("needs /proc, a folder nothing can be created in")
     clip = make_clip(tmp_path / "clip.mp4", frames=3, audio=None)
-    assert offline.main([str(clip), "/proc/out.mp4", "--model", str(tiny_model), "--quiet"]) == 1
+    assert offline.main([str(clip), "/proc/out.mp4", "--model", str(tiny_model), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write beside /proc/out.mp4" in err
 
@@ -400,8 +400,8 @@ def test_unwritable_output_place(tmp_path, tiny_model, capsys):
 def test_command_line_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stream.cli", "colorize", str(tmp_path / "missing.mp4"),
                            str(tmp_path / "out.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == f"chromacast colorize: input not found: {tmp_path / 'missing.mp4'}"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"chromacast colorize: error: input not found: {tmp_path / 'missing.mp4'}"
 
 
 def test_stabiliser_steadies_a_file_and_can_be_turned_off(tmp_path, tiny_model, capsys):

@@ -272,3 +272,72 @@ def test_ctrl_c_while_a_camera_is_being_opened_stops_run(tmp_path):
         silent.close()
     assert process.returncode == 130, err
     assert "Traceback" not in err
+
+
+# --- faults 11: hints files nested very deep ---------------------------------------------------
+
+@pytest.mark.parametrize("name, text", [
+    ("deep.yaml", "a:\n" + "".join("  " * i + "- \n" for i in range(1, 3000))),
+    ("flow.yaml", "[" * 3000 + "]" * 3000),
+    ("deep.json", "[" * 100000 + "]" * 100000),
+])
+def test_deeply_nested_hints_file_is_one_line(tmp_path, name, text):
+    hints = tmp_path / name
+    hints.write_text(text)
+    clip = write_video(tmp_path / "in.mp4", frames=4, width=64, height=48)
+    result = run_cli(["colorize", str(clip), str(tmp_path / "out.mp4"), "--hints", str(hints)], timeout=120)
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"hints file {hints}" in lines[0], lines
+    assert result.returncode == 2
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# --- faults 13: small ones ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("stream_id", ["..", ".", ".hidden", "-x", "a/b", "../x"])
+def test_stream_ids_that_are_not_safe_file_names_are_refused(stream_id):
+    from stream.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.id"):
+        parse_config(f'sources: [{{id: "{stream_id}", file: a.mp4}}]\nrecord: {{path: "rec/{{stream}}/x.mp4"}}')
+    assert not protocol.is_valid_stream_id(stream_id)
+    with pytest.raises(protocol.ProtocolError, match="invalid stream id"):
+        protocol.decode(stream_id.encode() + b'\x00{"v":1,"stream":"' + stream_id.encode() + b'","end":true}\x00')
+
+
+def test_a_file_named_with_a_leading_dot_gets_a_safe_default_id():
+    from stream.config import parse_config
+
+    assert parse_config("sources: [{file: .secret.mp4}]").sources[0].id == "secret"
+
+
+def test_duplicate_keys_in_a_config_are_an_error(tmp_path):
+    from stream.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"line 4, column 5: key 'fps' is given twice"):
+        parse_config("sources:\n  - file: a.mp4\n    fps: 10\n    fps: 20\n")
+
+
+def test_duplicate_keys_in_hints_files_are_an_error(tmp_path):
+    from stream.hintsfile import HintsError, load_hints
+
+    (tmp_path / "h.yaml").write_text("hints: []\nhints: [{frame: 0, points: [{x: 0, y: 0, colour: '#ffffff'}]}]\n")
+    with pytest.raises(HintsError, match="key 'hints' is given twice"):
+        load_hints(tmp_path / "h.yaml")
+    (tmp_path / "h.json").write_text('{"coordinates": "pixels", "coordinates": "relative", "hints": []}')
+    with pytest.raises(HintsError, match="key 'coordinates' is given twice"):
+        load_hints(tmp_path / "h.json")
+
+
+def test_webcam_true_is_not_camera_one():
+    from stream.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.webcam"):
+        parse_config("sources: [{webcam: true}]")
+    assert parse_config("sources: [{webcam: 1}]").sources[0].webcam == 1
+
+
+def test_security_doc_subscribes_to_one_stream_only():
+    text = (ROOT / "docs" / "security.md").read_text()
+    assert 'sub.subscribe(b"cam0\\x00")' in text
