@@ -310,7 +310,7 @@ def record_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(verbosity(args))
     from stream.sinks.base import SinkError
-    from stream.sinks.recorder import Mp4Writer
+    from stream.sinks.recorder import Recording
 
     per_stream = "{stream}" in args.out
     try:
@@ -325,8 +325,8 @@ def record_main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     interrupted = install_stop_handlers()
     log.info("recording %s%s to %s", args.connect, f" stream {args.stream}" if args.stream else "", args.out)
-    writers: dict[str, Mp4Writer] = {}
-    finished: dict[str, Mp4Writer] = {}  # streams that ended or have their --frames
+    writers: dict[str, Recording] = {}
+    finished: dict[str, Recording] = {}  # streams that ended or have their --frames
     follow, status = Follow(subscriber, args, interrupted), EXIT_OK
 
     def finish(stream_id: str) -> None:
@@ -357,8 +357,7 @@ def record_main(argv: list[str] | None = None) -> int:
                     writers.clear()
                     status = EXIT_USAGE
                     break
-                h = message.header
-                writers[stream_id] = Mp4Writer(Path(args.out.format(stream=stream_id)), h.width, h.height, h.fps)
+                writers[stream_id] = Recording(Path(args.out.format(stream=stream_id)), message.header.fps)
             writers[stream_id].write(image)
             if args.frames and writers[stream_id].frames >= args.frames:
                 finish(stream_id)
@@ -370,10 +369,10 @@ def record_main(argv: list[str] | None = None) -> int:
     finally:
         for stream_id in list(writers):
             finish(stream_id)
-    written = [w for w in finished.values() if w.frames]
+    written = [file for recording in finished.values() for file in recording.files]
     try:
         if written:
-            files = ", ".join(f"{plural(w.frames, 'frame')} to {w.path}" for w in written)
+            files = ", ".join(f"{plural(frames, 'frame')} to {path}" for path, frames in written)
             print(f"{subscriber.summary()}; wrote {files}", flush=True)
         else:
             print(f"{subscriber.summary()}; nothing written", flush=True)

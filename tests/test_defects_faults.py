@@ -341,3 +341,36 @@ def test_webcam_true_is_not_camera_one():
 def test_security_doc_subscribes_to_one_stream_only():
     text = (ROOT / "docs" / "security.md").read_text()
     assert 'sub.subscribe(b"cam0\\x00")' in text
+
+
+# --- faults 12: a frame size change starts a new file -----------------------------------------
+
+def test_record_starts_a_new_file_when_the_frame_size_changes(tmp_path):
+    import numpy as np
+
+    from conftest import read_video
+
+    context = zmq.Context()
+    xpub = context.socket(zmq.XPUB)
+    xpub.linger = 1000
+    url = f"tcp://127.0.0.1:{xpub.bind_to_random_port('tcp://127.0.0.1')}"
+    process = start_cli(["record", "--connect", url, "--stream", "cam", "--out", str(tmp_path / "x.mp4"),
+                         "--timeout", "30"])
+    try:
+        assert xpub.poll(30000) and xpub.recv() == b"\x01cam\x00"  # the recorder has subscribed
+        sizes = [(1, 1)] + [(64, 48)] * 5 + [(96, 64)] * 4
+        for seq, (w, h) in enumerate(sizes):
+            image = np.full((h, w, 3), 40 + seq * 10, np.uint8)
+            xpub.send(protocol.encode_frame(header(seq=seq, width=w, height=h), protocol.encode_image(image)))
+        xpub.send(protocol.encode_end("cam"))
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        xpub.close()
+        context.term()
+    assert process.returncode == 0, err
+    found = {p.name: read_video(p)[0] for p in tmp_path.glob("*.mp4")}
+    assert sorted(found) == ["x-2.mp4", "x-3.mp4", "x.mp4"], err
+    assert [len(found[n]) for n in ("x.mp4", "x-2.mp4", "x-3.mp4")] == [1, 5, 4]
+    assert found["x-2.mp4"][0].shape == (48, 64, 3) and found["x-3.mp4"][0].shape == (64, 96, 3)
+    assert "wrote 1 frame to" in out and "5 frames to" in out
