@@ -64,3 +64,20 @@ def verbosity(args: argparse.Namespace) -> int:
 def plural(count: int, noun: str) -> str:
     """'1 frame', '2 frames'."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _positive(kind: type, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return value
+    return parse
+
+
+# argparse types for counts and durations: 0, negative or inf is a usage error (exit 2)
+positive_int = _positive(int, "a whole number of at least 1")
+positive_float = _positive(float, "a number above 0")

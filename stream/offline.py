@@ -20,7 +20,7 @@ import av
 from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and pipes
 
 from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_verbosity_options, error_line,
-                         setup_logging, verbosity)
+                         plural, setup_logging, verbosity)
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
 from stream.hintsfile import HintsError, HintsFile, load_hints
@@ -222,11 +222,15 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
     finally:
         if bar is not None:
             bar.close()
-    parts = [f"{report.frames} frames", f"{report.cuts + 1} shot{'s' if report.cuts else ''}"]
+    parts = [plural(report.frames, "frame"), plural(report.cuts + 1, "shot")]
     if report.resumed_at:
         parts.append(f"resumed at frame {report.resumed_at}")
     if report.hinted_frames:
         parts.append(f"hints on {report.hinted_frames} frames")
+    if report.skipped:
+        parts.append(f"{plural(report.skipped, 'undecodable frame')} replaced by the nearest good one")
+    if report.retimed:
+        parts.append(f"{plural(report.retimed, 'frame')} with out-of-order timestamps retimed")
     if report.unused_hints:
         parts.append(f"{report.unused_hints} hints after the last frame were not used")
     parts.append("audio: " + (", ".join(report.audio) if report.audio else "none"))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 from engines.stabilise import StabiliserSettings
 from stream.config import ConfigError, PipelineConfig, load_config, parse_config
 from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_verbosity_options,
-                         error_line, setup_logging, verbosity)
+                         error_line, positive_float, positive_int, setup_logging, verbosity)
 from stream.pipeline import Pipeline, PipelineError
 from stream.signals import install_stop_handlers
 
@@ -30,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder (repeat for several)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), help="engine backend")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
-    p.add_argument("--short-side", type=int, help="network input short side in pixels")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine")
+    p.add_argument("--short-side", type=positive_int, help="network input short side in pixels")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the engine")
     p.add_argument("--stabilise", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 to <1 (0: off; default {StabiliserSettings.strength})")
     p.add_argument("--bind", metavar="URL", help="ZeroMQ endpoint to publish on")
@@ -40,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record")
     p.add_argument("--window", action="store_true", help="show original | grey | colour live")
     p.add_argument("--no-window", action="store_true", help="no live window")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--max-frames", type=int, metavar="N", help="end each stream after N frames")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=positive_int, metavar="N", help="end each stream after N frames")
     p.add_argument("--realtime", action="store_true", help="play files at their fps, like a camera")
     p.add_argument("--loop", action="store_true", help="play files and folders in a loop")
     add_verbosity_options(p)
@@ -55,6 +56,10 @@ def source_entry(text: str) -> dict:
         return {"webcam": int(text)}
     if re.match(r"^rtsps?://", text):
         return {"rtsp": text}
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", text)
+    if scheme:  # never taken as a file name
+        raise ConfigError(f"--source {text}: {scheme.group(1)}:// is not supported; give a webcam index, "
+                          "an rtsp:// or rtsps:// URL, a video file or an image folder")
     return {"folder": text} if Path(text).is_dir() else {"file": text}
 
 
@@ -102,6 +107,22 @@ def load(args: argparse.Namespace) -> PipelineConfig:
     return config
 
 
+def unwritable_recording(config: PipelineConfig) -> str | None:
+    """Why a stream's recording could not be written, checked before any frame is read."""
+    if config.record is None:
+        return None
+    for source in config.sources:
+        target = Path(config.record.path.format(stream=source.id))
+        try:
+            if target.is_dir():
+                return f"record.path: {target} is a folder; give a file name such as {target}/{{stream}}.mp4"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=target.parent).close()
+        except OSError as exc:
+            return f"record.path: cannot write {target}: {exc.strerror or exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbosity(args))
@@ -109,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args)
     except ConfigError as exc:
         error_line("run", str(exc))
+        return EXIT_USAGE
+    problem = unwritable_recording(config)
+    if problem:
+        error_line("run", problem)
         return EXIT_USAGE
     pipeline = Pipeline(config)
     # before the inputs open: a camera can take seconds to answer, and a Ctrl-C then must count
@@ -130,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pipeline.close()
     print(pipeline.stats.report(), flush=True)
-    if pipeline.error:
-        error_line("run", pipeline.error)
+    if pipeline.error:  # already logged when it happened
         return EXIT_FAILURE
     failed = {sid: s.ended for sid, s in pipeline.stats.streams.items() if s.ended}
     if failed:

@@ -19,7 +19,7 @@ import zmq
 
 from stream import protocol
 from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_verbosity_options,
-                         error_line, plural, setup_logging, verbosity)
+                         error_line, plural, positive_float, positive_int, setup_logging, verbosity)
 from stream.protocol import SEPARATOR, Message, ProtocolError
 from stream.security import (SecurityError, add_subscriber_key_options, subscriber_security_from_args,
                              subscriber_socket_setup)
@@ -166,22 +166,6 @@ class Subscriber:
         self.socket.close(0)
         if self._own_context:
             self.context.term()
-
-
-def _positive(kind: type, what: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text} must be {what}")
-        return value
-    return parse
-
-
-positive_int = _positive(int, "a whole number of at least 1")
-positive_float = _positive(float, "a number of seconds above 0")
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,7 +28,7 @@ from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
 from stream.videoencode import EncodePlan, EncodeSettings, SegmentEncoder, plan_encoding
 from stream.videofile import DecodedFrame, VideoFileError, VideoInfo, VideoReader
 from stream.videomux import SegmentTiming, concatenate
-from stream.workfolder import SegmentRecord, WorkFolder, partial_name
+from stream.workfolder import SegmentRecord, WorkFolder, partial_name, work_folder_for
 
 log = logging.getLogger("chromacast.colorize")
 
@@ -56,6 +57,8 @@ class VideoReport:
     cuts: int = 0
     hinted_frames: int = 0
     unused_hints: int = 0
+    skipped: int = 0  # undecodable frames, each replaced by its nearest good frame
+    retimed: int = 0  # frames whose timestamps went backwards, moved after the one before
     audio: list[str] = field(default_factory=list)
 
 
@@ -75,10 +78,17 @@ def colorize_video(src: Path, dst: Path, engine: Engine, opts: VideoJobOptions,
                "engine": engine.name, "network_size": list(size), "scene_threshold": opts.scene_threshold,
                "encoding": plan.describe(), "compare": cmp_plan.describe() if cmp_plan else None,
                "segment_frames": opts.segment_frames, **opts.identity}
-        work = WorkFolder.open(dst, job, opts.resume)
-        report = VideoReport()
-        if not work.complete:
-            _colorize_frames(reader, work, engine, size, plan, cmp_plan, opts, report, progress)
+        folder = work_folder_for(dst)
+        try:
+            work = WorkFolder.open(dst, job, opts.resume)
+            report = VideoReport()
+            if not work.complete:
+                _colorize_frames(reader, work, engine, size, plan, cmp_plan, opts, report, progress)
+        except BaseException:  # also a Ctrl-C: with no finished segment there is nothing to resume
+            if folder.is_dir() and not (folder / "state-00000.npz").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        report.skipped, report.retimed = reader.skipped, reader.retimed
     finally:
         reader.close()
     kinds = ["seg"] + (["cmp"] if opts.compare else [])

@@ -59,6 +59,8 @@ class WorkFolder:
         """The work folder for `output`: reused when `resume` and it belongs to the same job."""
         path = work_folder_for(output)
         job = {"version": FORMAT_VERSION, **job}
+        if path.exists() and not (path / "state-00000.npz").exists() and not _marked_complete(path):
+            shutil.rmtree(path, ignore_errors=True)  # a run that stopped before its first segment: nothing to keep
         if path.exists():
             if not resume:
                 raise WorkFolderError(f"an unfinished run of {output.name} is in {path}: add --resume to continue "
@@ -143,6 +145,13 @@ class WorkFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _marked_complete(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "job.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -113,7 +113,8 @@ def test_ctrl_c_stops_record_while_malformed_messages_keep_arriving(tmp_path, fl
     flood = flood_factory([b"cam\x00{not json}\x00"])
     process = start_cli(["record", "--connect", flood.url, "--out", str(tmp_path / "x.mp4")])
     try:
-        time.sleep(4)  # imports done, flood arriving
+        assert "recording" in process.stderr.readline()  # its signal handlers are in place
+        time.sleep(1)  # the flood is arriving
         process.send_signal(signal.SIGINT)
         started = time.monotonic()
         _, err = process.communicate(timeout=20)
@@ -374,3 +375,102 @@ def test_record_starts_a_new_file_when_the_frame_size_changes(tmp_path):
     assert [len(found[n]) for n in ("x.mp4", "x-2.mp4", "x-3.mp4")] == [1, 5, 4]
     assert found["x-2.mp4"][0].shape == (48, 64, 3) and found["x-3.mp4"][0].shape == (64, 96, 3)
     assert "wrote 1 frame to" in out and "5 frames to" in out
+
+
+# --- faults 7: damaged films ---------------------------------------------------------------------
+
+def h264_clip(path: Path, frames: int = 40, gop: int = 10, retime=None) -> Path:
+    """A grey H.264 clip with a keyframe every `gop` frames; `retime(k, packet)` may alter timestamps."""
+    import av
+
+    from conftest import pattern_frame
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    stream.codec_context.gop_size = gop
+    packets = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(pattern_frame(i, 96, 64), format="gray")
+        frame.pts = i
+        packets += stream.encode(frame)
+    for k, packet in enumerate(packets + stream.encode(None)):
+        if retime:
+            retime(k, packet)
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def colorize(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli(["colorize", str(src), str(dst), "--short-side", "64", "--stabilise", "0", *extra], timeout=300)
+
+
+def test_colorize_replaces_undecodable_first_frames_and_keeps_count_and_timing(tmp_path):
+    import av
+
+    from conftest import read_video
+
+    clip = h264_clip(tmp_path / "clip.mp4")
+    with av.open(str(clip)) as container:
+        first = [(p.pos, p.size) for p in container.demux(video=0) if p.size][:2]
+    data = bytearray(clip.read_bytes())
+    for pos, size in first:  # the first keyframe and the frame after it: garbage
+        data[pos + 4:pos + size] = b"\x5a" * (size - 4)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    result = colorize(damaged, tmp_path / "out.mp4")
+    assert result.returncode == 0, result.stderr
+    assert "10 undecodable frames replaced" in result.stderr
+    frames, fps = read_video(tmp_path / "out.mp4")
+    assert len(frames) == 40 and fps == 25
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert abs(float(container.duration / 1e6) - 40 / 25) < 0.05
+
+
+def test_colorize_repairs_timestamps_that_go_backwards(tmp_path):
+    from conftest import read_video
+
+    def jump_back(k, packet) -> None:  # matroska stores presentation times as given
+        packet.dts = packet.dts - 10
+        if k >= 15:
+            packet.pts -= 5
+
+    clip = h264_clip(tmp_path / "clip.mkv", frames=30, retime=jump_back)
+    result = colorize(clip, tmp_path / "out.mp4")
+    assert result.returncode == 0, result.stderr
+    assert "retimed" in result.stderr
+    frames, _ = read_video(tmp_path / "out.mp4")
+    assert len(frames) == 30
+    assert not list(tmp_path.glob(".*chromacast*"))
+
+
+def test_a_failure_before_the_first_segment_leaves_nothing_that_blocks_the_next_run(tmp_path):
+    clip = h264_clip(tmp_path / "clip.mp4", frames=12)
+    from stream.workfolder import work_folder_for
+
+    stale = work_folder_for(tmp_path / "out.mp4")  # what a run killed before its first segment leaves
+    stale.mkdir()
+    (stale / "job.json").write_text('{"complete": false}')
+    result = colorize(clip, tmp_path / "out.mp4")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.mp4").exists() and not stale.exists()
+
+
+def test_sigterm_before_the_first_segment_says_so_and_leaves_nothing(tmp_path):
+    clip = write_video(tmp_path / "long.mp4", frames=600, width=320, height=240)
+    process = start_cli(["colorize", str(clip), str(tmp_path / "out.mp4"), "--short-side", "64", "-q"])
+    try:
+        from stream.workfolder import work_folder_for
+
+        deadline = time.monotonic() + 60
+        while not work_folder_for(tmp_path / "out.mp4").exists():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert err.strip().startswith("chromacast colorize: error: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]
