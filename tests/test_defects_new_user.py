@@ -75,3 +75,136 @@ def test_counts_and_durations_must_be_positive(tmp_path, command, option, value)
     result = run_cli([command, *extra, option, value], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"argument {option}: {value} must be" in result.stderr
+
+
+# --- 2, 8, 15, 16: colorize -------------------------------------------------------------------------
+
+def colorize(*args) -> subprocess.CompletedProcess:
+    return run_cli(["colorize", *map(str, args), "--short-side", "64", "--stabilise", "0"], timeout=300)
+
+
+def test_colorize_bounds_the_network_size_and_leaves_nothing(tmp_path):
+    clip = write_video(tmp_path / "in.mp4", frames=4, width=64, height=48)
+    result = run_cli(["colorize", str(clip), str(tmp_path / "out.mp4"), "--short-side", "100000"])
+    assert result.returncode == 2
+    one_error_line(result, "colorize", "--short-side 100000 is out of range 32..2048")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_colorize_never_overwrites_without_being_asked(tmp_path):
+    clip = write_video(tmp_path / "in.mp4", frames=4, width=64, height=48)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    refused = colorize(clip, out)
+    assert refused.returncode == 2 and out.read_bytes() == b"precious"
+    one_error_line(refused, "colorize", f"output {out} already exists; add --overwrite to replace it")
+    replaced = colorize(clip, out, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert out.read_bytes() != b"precious"
+
+
+def test_a_folder_input_never_makes_a_folder_named_like_a_file(tmp_path):
+    (tmp_path / "films").mkdir()
+    write_video(tmp_path / "films" / "a.mp4", frames=4, width=64, height=48)
+    result = colorize(tmp_path / "films", tmp_path / "single.mp4")
+    assert result.returncode == 2
+    one_error_line(result, "colorize", "must be a folder for a folder input")
+    assert not (tmp_path / "single.mp4").exists()
+
+
+def test_colorize_says_where_everything_went_and_prints_lines_not_bars_into_a_pipe(tmp_path):
+    import cv2
+    import numpy as np
+
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "a.mp4", frames=30, width=64, height=48)
+    photo = np.zeros((48, 64, 3), np.uint8)
+    photo[:, :, 2] = 200  # a red photo: it already had colour
+    cv2.imwrite(str(tmp_path / "in" / "b.png"), photo)
+    result = colorize(tmp_path / "in", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr  # no progress bar redraws in a pipe
+    assert f"2 files colorized into {tmp_path / 'out'}" in result.stderr
+    assert "the input already had colour" in result.stderr
+    clip = write_video(tmp_path / "c.mp4", frames=4, width=64, height=48)
+    compared = colorize(clip, tmp_path / "c-out.mp4", "--compare", tmp_path / "side.mp4")
+    assert f"side by side: {tmp_path / 'side.mp4'}" in compared.stderr
+    assert "1 shot;" in compared.stderr and "4 frames" in compared.stderr
+
+
+# --- 4: subscribers say what they see ------------------------------------------------------------
+
+class Streams:
+    """A PUB socket on loopback sending small frames of the given streams until closed."""
+
+    def __init__(self, *ids: str, frames_each: int | None = None):
+        import threading
+
+        import numpy as np
+        import zmq
+
+        from stream import protocol
+        from stream.frame import FrameHeader
+
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
+        self.socket.linger = 0
+        self.url = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+        jpeg = protocol.encode_image(np.full((48, 64, 3), 90, np.uint8))
+        self.stop = threading.Event()
+
+        def send() -> None:
+            seq = 0
+            while not self.stop.is_set():
+                for stream in ids:
+                    header = FrameHeader(stream=stream, seq=seq, capture_ns=time.time_ns(), width=64, height=48,
+                                         fps=25.0, reset=False, stages={})
+                    self.socket.send(protocol.encode_frame(header, jpeg))
+                seq += 1
+                time.sleep(0.02)
+
+        self.thread = threading.Thread(target=send, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture
+def streams():
+    made = []
+
+    def make(*ids: str) -> Streams:
+        made.append(Streams(*ids))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_record_of_a_stream_that_is_not_there_lists_the_ones_that_are(tmp_path, streams):
+    pub = streams("door", "yard")
+    result = run_cli(["record", "--connect", pub.url, "--stream", "nosuch", "--out", str(tmp_path / "x.mp4"),
+                      "--timeout", "2", "-q"])
+    assert result.returncode == 1 and "nothing written" in result.stdout
+    one_error_line(result, "record", f"no frames of stream nosuch from {pub.url} within 2 s; "
+                                     f"streams published at {pub.url}: door, yard")
+    assert not list(tmp_path.iterdir())
+
+
+def test_record_of_two_streams_needs_a_choice_or_stream_in_the_path(tmp_path, streams):
+    pub = streams("door", "yard")
+    refused = run_cli(["record", "--connect", pub.url, "--out", str(tmp_path / "x.mp4"), "--timeout", "10", "-q"])
+    assert refused.returncode == 2
+    one_error_line(refused, "record", "several streams are published (door, yard): give --stream ID, "
+                                      "or put {stream} in --out")
+    assert not list(tmp_path.iterdir())
+    each = run_cli(["record", "--connect", pub.url, "--out", str(tmp_path / "{stream}.mp4"), "--frames", "5",
+                    "--timeout", "10"])
+    assert each.returncode == 0, each.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["door.mp4", "yard.mp4"]
+    assert "wrote 5 frames to" in each.stdout
