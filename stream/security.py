@@ -191,8 +191,8 @@ def secure_publisher(context: zmq.Context, socket: zmq.Socket,
     """
     _require_unused(socket, "publisher")
     public, secret = load_secret_key_file(server_secret_file, "server secret key file")
-    load_allowed_clients(allowed_clients_dir)
-    authenticator = ThreadAuthenticator(context)
+    allowed = load_allowed_clients(allowed_clients_dir)
+    authenticator = CountingAuthenticator(context)
     try:
         authenticator.start()
     except zmq.ZMQError as exc:
@@ -203,7 +203,25 @@ def secure_publisher(context: zmq.Context, socket: zmq.Socket,
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_server = True
+    log.info("CurveZMQ on: encrypted, only the %d allowed key%s in %s may subscribe", len(allowed),
+             "" if len(allowed) == 1 else "s", Path(allowed_clients_dir).expanduser())
     return authenticator
+
+
+class CountingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP authenticator, counting the subscribers it refuses (`rejected`) and logging
+    the first one and every 100th, so a lockout or a stranger's attempts show in the log."""
+
+    rejected = 0
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 100 == 0:
+                log.warning("CurveZMQ: refused a subscriber (%s; %d refused so far)",
+                            status_text.decode("ascii", "replace").lower(), self.rejected)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
 def secure_subscriber(socket: zmq.Socket, client_secret_file: str | os.PathLike[str],

@@ -208,3 +208,43 @@ def test_record_of_two_streams_needs_a_choice_or_stream_in_the_path(tmp_path, st
     assert each.returncode == 0, each.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["door.mp4", "yard.mp4"]
     assert "wrote 5 frames to" in each.stdout
+
+
+# --- 10: CurveZMQ says it is on, and counts whom it refuses ----------------------------------------
+
+def test_secured_publisher_logs_curve_on_and_refused_subscribers(tmp_path):
+    import signal
+
+    import zmq
+
+    from conftest import start_cli
+    from stream.security import SecurityConfig, create_key_pair, subscriber_socket_setup
+    from stream.subscribers import Subscriber
+    from test_pipeline_cli import TEST_ENGINE, write_config
+
+    server_pub, server_sec = create_key_pair(tmp_path / "server", "server")
+    client_pub, _ = create_key_pair(tmp_path / "client", "viewer")
+    _, stranger_sec = create_key_pair(tmp_path / "stranger", "stranger")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / client_pub.name).write_bytes(client_pub.read_bytes())
+    clip = write_video(tmp_path / "clip.mp4", frames=50, width=96, height=64)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, f"""
+        sources: [{{id: cam, file: {clip}, realtime: true, loop: true}}]
+        {TEST_ENGINE}
+        publish: {{bind: "{url}", security: {{server_secret_key: {server_sec}, allowed_clients_dir: {allowed}}}}}
+        stats: {{interval_s: 0}}
+        """)
+    process = start_cli(["run", "--config", config, "--duration", "60"], cwd=tmp_path)
+    try:
+        setup = subscriber_socket_setup(SecurityConfig(client_secret_key=stranger_sec, server_public_key=server_pub))
+        for _ in range(3):
+            stranger = Subscriber(url, socket_setup=setup)
+            assert stranger.receive(3.0) is None
+            stranger.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert "CurveZMQ on: encrypted, only the 1 allowed key in" in err
+    assert "CurveZMQ: refused a subscriber (" in err and "1 refused so far" in err
