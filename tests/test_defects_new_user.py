@@ -248,3 +248,24 @@ def test_secured_publisher_logs_curve_on_and_refused_subscribers(tmp_path):
         _, err = process.communicate(timeout=60)
     assert "CurveZMQ on: encrypted, only the 1 allowed key in" in err
     assert "CurveZMQ: refused a subscriber (" in err and "1 refused so far" in err
+
+
+# --- 13: a camera that is down is one warning line, not one per attempt ---------------------------
+
+def test_a_camera_that_stays_down_logs_one_line(tmp_path):
+    from test_pipeline_cli import TEST_ENGINE, write_config
+
+    clip = write_video(tmp_path / "clip.mp4", frames=50, width=96, height=64)
+    config = write_config(tmp_path, f"""
+        sources:
+          - {{id: film, file: {clip}, realtime: true, loop: true}}
+          - {{id: door, rtsp: "rtsp://127.0.0.1:{free_port()}/door", reconnect: {{initial_delay_s: 0.2, max_delay_s: 0.4}}}}
+        {TEST_ENGINE}
+        publish: false
+        stats: {{interval_s: 0}}
+        """)
+    result = run_cli(["run", "--config", config, "--duration", "6"], cwd=tmp_path, timeout=120)
+    door = [line for line in result.stderr.splitlines() if "door" in line and "not connected yet" not in line]
+    assert len(door) == 1 and "retrying for up to 60 s" in door[0], door
+    verbose = run_cli(["run", "--config", config, "--duration", "3", "-v"], cwd=tmp_path, timeout=120)
+    assert "connect attempt 2 failed" in verbose.stderr
