@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sources → engine → ZeroMQ publisher, recorder, window.")
     p.add_argument("--config", "-c", type=Path, help="pipeline YAML (see configs/)")
     p.add_argument("--source", "-s", action="append", metavar="SRC",
-                   help="replace the config's sources: webcam index, rtsp:// URL, video file or image "
-                        "folder (repeat for several)")
+                   help="replace the config's sources (keeping their stream ids, in order): webcam index, "
+                        "rtsp:// URL, video file or image folder (repeat for several)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), help="engine backend")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     p.add_argument("--short-side", type=positive_int, help="network input short side in pixels")
@@ -97,6 +97,10 @@ def load(args: argparse.Namespace) -> PipelineConfig:
             raise ConfigError("give --config FILE (see configs/) or --source SRC")
         config = parse_config("{}", "command line", overrides)
     else:
+        if args.source:  # the config's stream ids stay, in order: its view/record hints still hold
+            configured = load_config(args.config).sources
+            for entry, source in zip(overrides["sources"], configured):
+                entry["id"] = source.id
         config = load_config(args.config, overrides)
     for source in config.sources:  # options that apply to every source
         if args.max_frames is not None:

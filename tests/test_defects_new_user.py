@@ -269,3 +269,17 @@ def test_a_camera_that_stays_down_logs_one_line(tmp_path):
     assert len(door) == 1 and "retrying for up to 60 s" in door[0], door
     verbose = run_cli(["run", "--config", config, "--duration", "3", "-v"], cwd=tmp_path, timeout=120)
     assert "connect attempt 2 failed" in verbose.stderr
+
+
+# --- 12: --source keeps the config's stream ids -----------------------------------------------------
+
+def test_source_on_the_command_line_keeps_the_configs_stream_id():
+    from stream import pipeline_cli
+
+    args = pipeline_cli.build_parser().parse_args(["--config", str(ROOT / "configs" / "rtsp.yaml"),
+                                                   "--source", "rtsp://127.0.0.1:9/other"])
+    config = pipeline_cli.load(args)
+    assert [(s.id, s.rtsp) for s in config.sources] == [("door", "rtsp://127.0.0.1:9/other")]
+    readme = (ROOT / "README.md").read_text()
+    assert "tests/rtsp/server.py --port 8554 --mount /stream" in readme
+    assert "rtsp://127.0.0.1:8554/stream" in (ROOT / "configs" / "rtsp.yaml").read_text()
