@@ -1,11 +1,13 @@
 """The pipeline's YAML schema (the one place that defines it) and its loader.
 
 pydantic validates the file: it reports the exact key and problem, and unknown keys are
-errors (a typo must not be silently ignored). Relative paths are taken from the current
-directory. `load_config` raises ConfigError, and nothing else, with one line for the user.
+errors (a typo must not be silently ignored). Relative paths in a config file are taken from
+the file's folder; those given on the command line, from the current directory. `load_config` raises ConfigError, and nothing else, with one line for the user.
 """
 from __future__ import annotations
 
+import copy
+import os
 import re
 import string
 from pathlib import Path
@@ -245,10 +247,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    return parse_config(text, str(path), overrides)
+    return parse_config(text, str(path), overrides, base=path.parent)
 
 
-def parse_config(text: str, name: str = "config", overrides: dict | None = None) -> PipelineConfig:
+def parse_config(text: str, name: str = "config", overrides: dict | None = None,
+                 base: Path | None = None) -> PipelineConfig:
+    """`base`: the folder the file's relative paths are taken from (the overrides' stay as given)."""
     try:
         data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
@@ -262,6 +266,8 @@ def parse_config(text: str, name: str = "config", overrides: dict | None = None)
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the top level must be a mapping of keys (sources:, engine:, ...)")
+    if base is not None:
+        data = _rebased(data, base.resolve())
     if overrides:
         data = merge(data, overrides)
     try:
@@ -270,6 +276,31 @@ def parse_config(text: str, name: str = "config", overrides: dict | None = None)
         raise ConfigError(f"{name}: {describe_error(exc)}") from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _rebased(data: dict, base: Path) -> dict:
+    """The config with its relative paths made absolute from `base`, so that it runs from any folder."""
+    def rebase(value: Any) -> Any:
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            return os.path.normpath(base / value)
+        return value
+
+    def rebase_keys(section: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                if key in section:
+                    section[key] = rebase(section[key])
+
+    data = copy.deepcopy(data)
+    sources = data.get("sources")
+    for source in sources if isinstance(sources, list) else []:
+        rebase_keys(source, ("file", "folder"))
+    rebase_keys(data.get("engine"), ("model",))
+    rebase_keys(data.get("record"), ("path",))
+    publish = data.get("publish")
+    if isinstance(publish, dict):
+        rebase_keys(publish.get("security"), ("server_secret_key", "allowed_clients_dir"))
+    return data
 
 
 def merge(base: dict, extra: dict) -> dict:

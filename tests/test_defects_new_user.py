@@ -283,3 +283,28 @@ def test_source_on_the_command_line_keeps_the_configs_stream_id():
     readme = (ROOT / "README.md").read_text()
     assert "tests/rtsp/server.py --port 8554 --mount /stream" in readme
     assert "rtsp://127.0.0.1:8554/stream" in (ROOT / "configs" / "rtsp.yaml").read_text()
+
+
+# --- 11: a config's relative paths are taken from its own folder ------------------------------------
+
+def test_shipped_config_runs_from_any_folder(tmp_path):
+    from stream.config import load_config
+
+    config = load_config(ROOT / "configs" / "sample.yaml")
+    assert config.sources[0].file == ROOT / "stream" / "samples" / "sample.mp4"
+    assert config.record.path == str(ROOT / "out" / "{stream}.mp4")
+    result = run_cli(["run", "--config", str(ROOT / "configs" / "sample.yaml"), "--no-publish", "--no-record",
+                      "--max-frames", "3", "--short-side", "64", "-q"], cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "out 3" in result.stdout
+
+
+def test_command_line_paths_stay_relative_to_the_current_folder(tmp_path):
+    from stream import pipeline_cli
+
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    (config_dir / "c.yaml").write_text("sources: [{file: clip.mp4}]\nrecord: {path: \"rec/{stream}.mp4\"}\n")
+    args = pipeline_cli.build_parser().parse_args(["--config", str(config_dir / "c.yaml"), "--record", "mine/{stream}.mp4"])
+    config = pipeline_cli.load(args)
+    assert config.sources[0].file == config_dir / "clip.mp4" and config.record.path == "mine/{stream}.mp4"
