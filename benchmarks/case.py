@@ -291,6 +291,7 @@ def _await_subscription(pipeline: Pipeline, subscriber: Subscriber) -> None:
     while not subscriber.probed.wait(0.05):
         if time.monotonic() > deadline:
             raise BenchError(f"no subscription reached {pipeline.endpoint} within {SUBSCRIBE_TIMEOUT_S:g} s")
+        pipeline.publisher.handle_subscriptions()  # an XPUB applies subscriptions only as it reads them
         pipeline.publisher.socket.send(PROBE)
 
 

@@ -308,3 +308,25 @@ def test_command_line_paths_stay_relative_to_the_current_folder(tmp_path):
     args = pipeline_cli.build_parser().parse_args(["--config", str(config_dir / "c.yaml"), "--record", "mine/{stream}.mp4"])
     config = pipeline_cli.load(args)
     assert config.sources[0].file == config_dir / "clip.mp4" and config.record.path == "mine/{stream}.mp4"
+
+
+# --- 2, 14: bench checks where its results go before the run; one option name for the stabiliser ---
+
+def test_bench_refuses_an_unwritable_json_path_before_running():
+    started = time.monotonic()
+    result = run_cli(["bench", "--seconds", "30", "--json", "/proc/nowhere/out.json"])
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    one_error_line(result, "bench", "--json /proc/nowhere/out.json: folder /proc/nowhere does not exist")
+
+
+def test_every_command_takes_quiet_verbose_and_the_same_stabiliser_option():
+    from benchmarks.cli import build_parser as bench_parser
+    from stream.offline import build_parser as colorize_parser
+    from stream.pipeline_cli import build_parser as run_parser
+
+    assert bench_parser().parse_args(["--stabilise", "0", "-q"]).stabiliser == 0
+    assert run_parser().parse_args(["--stabilise", "0.5", "-v"]).stabilise == 0.5
+    assert colorize_parser().parse_args(["a", "b", "--stabilise", "0", "-q"]).stabilise == 0
+    for command in ("run", "view", "record", "colorize", "bench", "keys"):
+        text = run_cli([command, "--help"]).stdout
+        assert "-q, --quiet" in text and "-v, --verbose" in text, command
