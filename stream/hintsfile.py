@@ -127,7 +127,16 @@ def _where(entry: EntrySpec | dict) -> str:
 
 def _error_line(path: Path, raw: object, exc: ValidationError) -> str:
     # a misspelt key also makes its correct spelling "missing": report the misspelling
-    err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    errors = exc.errors()
+    # the first problem in the file, and how many more: every one is fixed in one pass
+    others = [e for e in errors if not (e["type"] == "missing" and any(
+        o["type"] == "extra_forbidden" and o["loc"][:-1] == e["loc"][:-1] for o in errors))]
+    err = others[0]
+    more = len(others) - 1
+    return _one_error(path, raw, err) + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _one_error(path: Path, raw: object, err: dict) -> str:
     loc = list(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":

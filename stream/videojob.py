@@ -122,6 +122,7 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     start = done[-1].last_index + 1 if done else 0
     anchor = (done[-1].last_index, done[-1].last_pts) if done else None
     report.resumed_at = start
+    report.cuts = done[-1].cuts if done else 0
     writer = _SegmentWriter(work, plan, cmp_plan, info)
     worker: BackgroundWorker = BackgroundWorker(writer.handle, depth=4, name="encode")
     detector = SceneCutDetector(opts.scene_threshold)
@@ -160,14 +161,15 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
                 out = engine.colorize([l8], [state], [frame_hints] if frame_hints else None)[0]
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
-                worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
+                worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s,
+                                                    cuts=report.cuts),
                                state_copy(state), stabiliser.to_arrays() if stabiliser else None))
             prev_time, last = f.time_s, f
             if progress:
                 progress(f.index + 1, max(info.frames, f.index + 1))
         if last is not None and (last.index + 1) % seg:
             worker.submit(("end", SegmentRecord(last.index // seg, segment_origin, last.index, last.pts,
-                                                last.time_s), state_copy(state), None))
+                                                last.time_s, cuts=report.cuts), state_copy(state), None))
         worker.close()
     except BaseException:
         decoded.close()  # stops the decode thread before the reader closes

@@ -330,3 +330,56 @@ def test_every_command_takes_quiet_verbose_and_the_same_stabiliser_option():
     for command in ("run", "view", "record", "colorize", "bench", "keys"):
         text = run_cli([command, "--help"]).stdout
         assert "-q, --quiet" in text and "-v, --verbose" in text, command
+
+
+# --- 17: small ones ------------------------------------------------------------------------------------
+
+def test_a_hints_file_with_two_errors_reports_the_first_and_counts_the_rest(tmp_path):
+    from stream.hintsfile import HintsError, load_hints
+
+    path = tmp_path / "h.yaml"
+    path.write_text("hints:\n  - {frame: 0, points: [{x: 0.5, y: 0.5, colour: '#zzzzzz'}]}\n"
+                    "  - {frame: 2, points: [{x: 0.5, y: 0.5, colr: '#ffffff'}]}\n")
+    with pytest.raises(HintsError) as error:
+        load_hints(path)
+    assert "entry 1 (frame 0): points[0].colour" in str(error.value)
+    assert str(error.value).endswith("(and 1 more problem)")
+
+
+def test_a_refused_resume_says_the_old_and_new_values(tmp_path):
+    from stream.workfolder import WorkFolder, WorkFolderError
+
+    dst = tmp_path / "out.mp4"
+    work = WorkFolder.open(dst, {"stabilise": 0.85, "threads": None}, resume=False)
+    (work.path / "state-00000.npz").write_bytes(b"")  # one finished segment: worth resuming
+    with pytest.raises(WorkFolderError, match=r"used a different stabilise \(0\.85, now 0\.5\); delete"):
+        WorkFolder.open(dst, {"stabilise": 0.5, "threads": None}, resume=True)
+
+
+from test_colorize import make_clip, tiny_model  # noqa: E402,F401 (tiny_model is a fixture)
+
+
+def test_a_resumed_run_counts_the_shots_of_the_whole_film(tmp_path, tiny_model, capsys):
+    from engines.backend import open_engine
+    from stream import offline
+    from stream.videojob import VideoJobOptions, colorize_video
+
+    src = make_clip(tmp_path / "in.mp4", frames=12, cut_at=3, audio=None)
+    common = [str(src), str(tmp_path / "out.mp4"), "--model", str(tiny_model), "--segment-frames", "4"]
+    assert offline.main(common) == 0
+    full = capsys.readouterr().err
+    assert "2 shots" in full, full
+    (tmp_path / "out.mp4").unlink()
+
+    def stop_at_frame_9(done: int, total: int) -> None:
+        if done == 9:
+            raise KeyboardInterrupt
+
+    engine = open_engine(tiny_model, "onnxruntime", threads=1)
+    opts = VideoJobOptions(segment_frames=4, identity=offline.job_identity(tiny_model, None, None))
+    with pytest.raises(KeyboardInterrupt):
+        colorize_video(src, tmp_path / "out.mp4", engine, opts, stop_at_frame_9)
+    engine.close()
+    assert offline.main([*common, "--resume"]) == 0
+    resumed = capsys.readouterr().err
+    assert "resumed at frame 8" in resumed and "2 shots" in resumed, resumed
