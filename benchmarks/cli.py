@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks.case import BenchError, CaseSpec, run_case
 from benchmarks.clips import SIZES
 from benchmarks.stats import SEGMENT_LABELS
 from engines.stabilise import StabiliserSettings
-from stream.logs import error_line, setup_logging
+from stream.logs import EXIT_USAGE, add_verbosity_options, error_line, setup_logging, verbosity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, metavar="N", help="network input short side (default: pipeline's)")
     p.add_argument("--batch", type=int, metavar="N", help="engine max batch (default: pipeline's)")
     p.add_argument("--threads", type=int, metavar="N", help="engine CPU threads (default: all cores)")
-    p.add_argument("--stabiliser", type=float, metavar="S",
+    p.add_argument("--stabilise", "--stabiliser", dest="stabiliser", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 = off (default: the pipeline's, {StabiliserSettings.strength})")
     p.add_argument("--reference", metavar="REF.jpg|auto", help="colour reference for every stream (its cost)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start N processes that each keep one core busy during the run (default 0)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures (and machine info) here")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write a latency histogram + stage breakdown")
-    p.add_argument("-q", "--quiet", action="store_true", help="errors and the figures only")
+    add_verbosity_options(p)
     return p
 
 
@@ -127,12 +128,31 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
+def unwritable(path: Path) -> str | None:
+    """Why `path` could not be written, found without writing it (None: it can be)."""
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity(args))
     if args.streams < 1 or args.seconds <= 0 or args.warmup < 0 or args.load < 0:
         error_line("bench", "--streams must be >= 1, --seconds > 0, --warmup >= 0, --load >= 0")
-        return 2
+        return EXIT_USAGE
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        problem = path and unwritable(path)
+        if problem:  # before the run: its results must not be lost at the end
+            error_line("bench", f"{option} {path}: {problem}")
+            return EXIT_USAGE
     try:
         result = run_case(spec_from(args))
     except BenchError as exc:
@@ -140,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     from benchmarks import report  # matplotlib only when writing
 
+    print(describe(result), flush=True)
     if args.json:
         report.write_json(args.json, {"machine": report.machine_info(), **result})
-    print(describe(result), flush=True)
+        print(f"figures written to {args.json}", flush=True)
     if args.plot:
         try:
             report.plot_case(result, args.plot)

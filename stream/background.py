@@ -45,8 +45,8 @@ def prefetch(items: Iterable[T], depth: int = 4, name: str = "prefetch") -> Iter
             _put(q, _Failure(exc), stop)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside the try: a Ctrl-C during start() must still stop and join it
         while True:
             item = q.get()
             if item is _DONE:
@@ -56,7 +56,8 @@ def prefetch(items: Iterable[T], depth: int = 4, name: str = "prefetch") -> Iter
             yield item
     finally:
         stop.set()
-        thread.join()  # the producer owns its resources until it has stopped
+        if thread.ident is not None:
+            thread.join()  # the producer owns its resources until it has stopped
 
 
 class BackgroundWorker(Generic[T]):

@@ -6,6 +6,7 @@ ONNX Runtime nor torch, and `chromacast train` is the only one that needs torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module:function taking argv, one-line help)
@@ -27,26 +28,57 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: chromacast COMMAND [options]", "", "commands:"]
+    lines = ["usage: chromacast COMMAND [options]   (chromacast --version)", "", "commands:"]
     lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n'chromacast COMMAND --help' tells more.")
     return "\n".join(lines)
 
 
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as installed
+        return installed("chromacast")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    try:
+        try:
+            code = _dispatch(argv)
+        except SystemExit as exc:  # argparse's --help and usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+        return code
+    except BrokenPipeError:  # e.g. `chromacast -h | head -2`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"chromacast {version()}")
+        return 0
+    if not argv:
+        print(f"{usage()}\n\nchromacast: error: give a command", file=sys.stderr)
+        return 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"chromacast: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        print(f"{usage()}\n\nchromacast: error: unknown command {name!r}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
     try:
         handler = getattr(importlib.import_module(module), func)
     except ImportError as exc:
-        print(f"chromacast {name}: missing dependency ({exc.name or exc}); "
+        print(f"chromacast {name}: error: missing dependency ({exc.name or exc}); "
               f"install the extra it needs, e.g. pip install 'chromacast[train]'", file=sys.stderr)
         return 2
     return int(handler(rest) or 0)

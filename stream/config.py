@@ -1,11 +1,13 @@
 """The pipeline's YAML schema (the one place that defines it) and its loader.
 
 pydantic validates the file: it reports the exact key and problem, and unknown keys are
-errors (a typo must not be silently ignored). Relative paths are taken from the current
-directory. `load_config` raises ConfigError, and nothing else, with one line for the user.
+errors (a typo must not be silently ignored). Relative paths in a config file are taken from
+the file's folder; those given on the command line, from the current directory. `load_config` raises ConfigError, and nothing else, with one line for the user.
 """
 from __future__ import annotations
 
+import copy
+import os
 import re
 import string
 from pathlib import Path
@@ -15,9 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.stabilise import FLOW_PRESETS, StabiliserSettings
-from stream.protocol import STREAM_ID_PATTERN
+from stream.protocol import MIN_FPS, STREAM_ID_PATTERN
 from stream.security import SecurityConfig
 from stream.sinks.live_config import MetricsConfig, RtspConfig, WebConfig, mount_problem
+from stream.textdata import load_yaml
 
 SOURCE_KINDS = ("webcam", "rtsp", "file", "folder")
 
@@ -44,11 +47,11 @@ class SourceConfig(Strict):
     """One input stream: exactly one of webcam, rtsp, file, folder."""
 
     id: str | None = Field(None, pattern=f"^{STREAM_ID_PATTERN}$")
-    webcam: int | None = Field(None, ge=0)
+    webcam: int | None = Field(None, ge=0, strict=True)  # strict: `true` is not camera 1
     rtsp: str | None = None
     file: Path | None = None
     folder: Path | None = None
-    fps: float | None = Field(None, gt=0, le=1000)  # folder: frame rate (default 25); webcam: requested
+    fps: float | None = Field(None, ge=MIN_FPS, le=1000)  # folder: frame rate (default 25); webcam: requested
     width: int | None = Field(None, gt=0)  # webcam: requested capture size
     height: int | None = Field(None, gt=0)
     loop: bool = False  # file, folder: start again at the end
@@ -92,7 +95,7 @@ class SourceConfig(Strict):
 
     def default_id(self, position: int) -> str:
         if self.kind in ("file", "folder"):
-            stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(getattr(self, self.kind)).stem)[:64]
+            stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(getattr(self, self.kind)).stem).lstrip(".-")[:64]
             if stem:
                 return stem
         if self.kind == "webcam":
@@ -269,12 +272,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    return parse_config(text, str(path), overrides)
+    return parse_config(text, str(path), overrides, base=path.parent)
 
 
-def parse_config(text: str, name: str = "config", overrides: dict | None = None) -> PipelineConfig:
+def parse_config(text: str, name: str = "config", overrides: dict | None = None,
+                 base: Path | None = None) -> PipelineConfig:
+    """`base`: the folder the file's relative paths are taken from (the overrides' stay as given)."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -286,6 +291,8 @@ def parse_config(text: str, name: str = "config", overrides: dict | None = None)
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the top level must be a mapping of keys (sources:, engine:, ...)")
+    if base is not None:
+        data = _rebased(data, base.resolve())
     if overrides:
         data = merge(data, overrides)
     try:
@@ -294,6 +301,31 @@ def parse_config(text: str, name: str = "config", overrides: dict | None = None)
         raise ConfigError(f"{name}: {describe_error(exc)}") from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _rebased(data: dict, base: Path) -> dict:
+    """The config with its relative paths made absolute from `base`, so that it runs from any folder."""
+    def rebase(value: Any) -> Any:
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            return os.path.normpath(base / value)
+        return value
+
+    def rebase_keys(section: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                if key in section:
+                    section[key] = rebase(section[key])
+
+    data = copy.deepcopy(data)
+    sources = data.get("sources")
+    for source in sources if isinstance(sources, list) else []:
+        rebase_keys(source, ("file", "folder"))
+    rebase_keys(data.get("engine"), ("model",))
+    rebase_keys(data.get("record"), ("path",))
+    publish = data.get("publish")
+    if isinstance(publish, dict):
+        rebase_keys(publish.get("security"), ("server_secret_key", "allowed_clients_dir"))
+    return data
 
 
 def merge(base: dict, extra: dict) -> dict:

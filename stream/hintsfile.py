@@ -28,6 +28,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationErro
                       model_validator)
 
 from engines.hints import Hint
+from stream.textdata import load_json, load_yaml
 
 DEFAULT_RADIUS = 0.01  # of the short side, as engines.hints.Hint
 
@@ -126,7 +127,16 @@ def _where(entry: EntrySpec | dict) -> str:
 
 def _error_line(path: Path, raw: object, exc: ValidationError) -> str:
     # a misspelt key also makes its correct spelling "missing": report the misspelling
-    err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    errors = exc.errors()
+    # the first problem in the file, and how many more: every one is fixed in one pass
+    others = [e for e in errors if not (e["type"] == "missing" and any(
+        o["type"] == "extra_forbidden" and o["loc"][:-1] == e["loc"][:-1] for o in errors))]
+    err = others[0]
+    more = len(others) - 1
+    return _one_error(path, raw, err) + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _one_error(path: Path, raw: object, err: dict) -> str:
     loc = list(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -172,13 +182,16 @@ def load_hints(path: Path | str) -> HintsFile:
     except UnicodeDecodeError:
         raise HintsError(f"hints file {path} is not UTF-8 text") from None
     try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        raw = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
     except json.JSONDecodeError as exc:
         raise HintsError(f"hints file {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise HintsError(f"hints file {path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise HintsError(f"hints file {path}: not valid YAML{where}{': ' + problem if problem else ''}") from None
+    except ValueError as exc:  # too deep, or a JSON key given twice
+        raise HintsError(f"hints file {path}: {exc}") from None
     if isinstance(raw, list):  # a bare list of entries, relative coordinates
         raw = {"hints": raw}
     if not isinstance(raw, dict):

@@ -68,7 +68,17 @@ def colorize_image(src: Path, dst: Path, engine: Engine, short_side: int | None 
         out = (out >> 8).astype(np.uint8)
     _write(dst, out)
     depth = "16-bit" if out.dtype == np.uint16 else "8-bit"
-    return f"{w}×{h} {depth}{' with alpha' if out.ndim == 3 and out.shape[2] == 4 else ''}"
+    note = "; the input already had colour (its colours are replaced)" if _has_colour(image) else ""
+    return f"{w}×{h} {depth}{' with alpha' if out.ndim == 3 and out.shape[2] == 4 else ''}{note}"
+
+
+def _has_colour(image: np.ndarray) -> bool:
+    """Whether the channels of a BGR(A) image differ beyond what compression leaves in a grey one."""
+    if image.ndim == 2 or image.shape[2] < 3:
+        return False
+    bgr = image[:, :, :3].astype(np.int32)
+    spread = bgr.max(axis=2) - bgr.min(axis=2)
+    return float(np.mean(spread > (8 if image.dtype == np.uint8 else 2048))) > 0.01
 
 
 def _predict_ab(engine: Engine, l8: np.ndarray, size: tuple[int, int], hints: list[Hint] | None,

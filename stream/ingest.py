@@ -199,8 +199,9 @@ class SourceWorker(threading.Thread):
             try:
                 self.capture = open_capture(self.config)
             except SourceError as exc:
-                log.info("%s: %s attempt %d failed: %s", self.stream_id, "connect" if first else "reconnect",
-                         attempt, exc)
+                # the wait was announced in one warning line; each attempt only with -v
+                log.debug("%s: %s attempt %d failed: %s", self.stream_id, "connect" if first else "reconnect",
+                          attempt, exc)
                 delay = min(delay * 2, policy.max_delay_s)
                 continue
             self.fps = self.capture.fps

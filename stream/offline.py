@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
 import av
 from tqdm import tqdm  # progress bar with rate and ETA, handles terminals and pipes
 
-from stream.logs import setup_logging
+from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_verbosity_options, error_line,
+                         plural, setup_logging, verbosity)
 from engines.backend import DEFAULT_MODEL, Engine, EngineError, open_engine
 from engines.colour import MAX_SATURATION
 from engines.reference import FeatureModel, ReferenceError
@@ -36,6 +39,8 @@ log = logging.getLogger("chromacast.colorize")
 PROG = "chromacast colorize"
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
                   ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".mxf", ".vob"}
+PROGRESS_LINE_S = 5.0  # without a terminal, a progress line this often
+MAX_SHORT_SIDE = 2048  # as a pipeline's engine.short_side: far above what the model was trained at
 USER_ERRORS = (VideoFileError, ImageFileError, HintsError, EngineError, WorkFolderError, ReferenceError)
 
 
@@ -55,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the first referenced frame's match confidence map here")
     p.add_argument("--compare", type=Path, metavar="OUT.mp4", help="also write a side-by-side input | output video")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished segment")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument("--scene-threshold", type=float, default=DEFAULT_SCENE_THRESHOLD, metavar="X",
                    help=f"scene-cut score (0..1) above which the state resets (default {DEFAULT_SCENE_THRESHOLD}; "
                         f"0 turns detection off)")
@@ -76,31 +82,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="encoder speed preset (x264/x265 default medium)")
     p.add_argument("--segment-frames", type=int, default=SEGMENT_FRAMES, metavar="N",
                    help=f"frames per resumable segment (default {SEGMENT_FRAMES})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
+    add_verbosity_options(p)  # -q: no progress bars or summary lines
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity(args))
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops like a Ctrl-C, never silently
     try:
         return run(args)
     except (UsageError, *USER_ERRORS) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        error_line("colorize", str(exc))
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished segments are kept, run again with --resume to continue",
-              file=sys.stderr)
-        return 130
+        error_line("colorize", "interrupted; finished segments are kept, run again with --resume to continue")
+        return EXIT_INTERRUPTED
     except av.error.FFmpegError as exc:
-        print(f"{PROG}: {exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}", file=sys.stderr)
+        error_line("colorize", f"{exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}")
     except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
-    return 1
+        error_line("colorize", f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+    return EXIT_FAILURE
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
     check_options(args)
     jobs = plan_jobs(args.input, args.output)
+    if not args.overwrite:
+        finished = [] if not args.resume else [d for _, d in jobs if d.exists() and not work_folder_for(d).exists()]
+        existing = [d for _, d in jobs if d.exists() and not (args.input.is_dir() and d in finished)]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise UsageError(f"output {existing[0]}{more} already exists; add --overwrite to replace it")
     if args.compare and (len(jobs) != 1 or is_image(jobs[0][0])):
         raise UsageError("--compare needs a single video input")
     if args.compare and args.compare.resolve() in (jobs[0][1].resolve(), jobs[0][0].resolve()):
@@ -123,8 +140,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--crf {args.crf} is out of range 0..63")
     if args.crf is not None and args.bitrate:
         raise UsageError("give --crf or --bitrate, not both")
-    if args.short_side is not None and args.short_side < 32:
-        raise UsageError(f"--short-side {args.short_side} is too small (at least 32)")
+    if args.short_side is not None and not 32 <= args.short_side <= MAX_SHORT_SIDE:
+        raise UsageError(f"--short-side {args.short_side} is out of range 32..{MAX_SHORT_SIDE}")
     if args.segment_frames < 1:
         raise UsageError("--segment-frames must be at least 1")
     if not 0 <= args.scene_threshold <= 1:
@@ -160,7 +177,8 @@ def plan_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     if not src.exists():
         raise UsageError(f"input not found: {src}")
     if src.is_dir():
-        if dst.exists() and not dst.is_dir():
+        if (dst.exists() and not dst.is_dir()) or (not dst.exists() and (
+                is_image(dst) or dst.suffix.lower() in VIDEO_SUFFIXES)):
             raise UsageError(f"output {dst} must be a folder for a folder input")
         items = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
                        and (is_image(p) or p.suffix.lower() in VIDEO_SUFFIXES))
@@ -194,7 +212,7 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
     failures = skipped = 0
     # a folder gets a bar over its files; each video also gets its own bar over its frames
     files = tqdm(jobs, desc=args.input.name, unit="file", dynamic_ncols=True,
-                 disable=args.quiet or not folder, position=0)
+                 disable=args.quiet or not folder or not sys.stderr.isatty(), position=0)
     for src, dst in files:
         if folder and args.resume and dst.exists() and not work_folder_for(dst).exists():
             skipped += 1  # finished by the run being resumed
@@ -209,16 +227,18 @@ def run_jobs(jobs: list[tuple[Path, Path]], engine: Engine, hints: HintsFile | N
             if not folder:
                 raise
             failures += 1
-            tqdm.write(f"{PROG}: {exc}", file=sys.stderr)
+            tqdm.write(f"{PROG}: error: {exc}", file=sys.stderr)
             continue
         if not args.quiet:
             tqdm.write(f"{src.name} -> {dst}: {summary}", file=sys.stderr)
     files.close()
     if skipped and not args.quiet:
-        print(f"{skipped} file{'s' if skipped > 1 else ''} already done, skipped", file=sys.stderr)
+        print(f"{plural(skipped, 'file')} already done, skipped", file=sys.stderr)
+    if folder and not args.quiet:
+        print(f"{plural(len(jobs) - failures - skipped, 'file')} colorized into {args.output}", file=sys.stderr)
     if failures:
-        print(f"{PROG}: {failures} of {len(jobs)} files failed", file=sys.stderr)
-        return 1
+        error_line("colorize", f"{failures} of {len(jobs)} files failed")
+        return EXIT_FAILURE
     return 0
 
 
@@ -231,10 +251,16 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
                            stabiliser=args.stabiliser, saturation=args.saturation,
                            references=getattr(args, "loaded_references", None), reference_debug=args.reference_debug)
     bar: tqdm | None = None
+    next_line = time.monotonic() + PROGRESS_LINE_S
 
     def progress(done: int, total: int) -> None:
-        nonlocal bar
+        nonlocal bar, next_line
         if args.quiet:
+            return
+        if not sys.stderr.isatty():  # a log or a pipe: a plain line now and then, no bar redraws
+            if time.monotonic() >= next_line:
+                next_line = time.monotonic() + PROGRESS_LINE_S
+                log.info("%s: frame %d%s", src.name, done, f" of {total}" if total else "")
             return
         if bar is None:  # created once the frame count is known, so the ETA shows from the start
             bar = tqdm(desc=src.name, total=total or None, initial=done, unit="frame", dynamic_ncols=True,
@@ -248,16 +274,22 @@ def _colorize_video(src: Path, dst: Path, engine: Engine, hints, identity: dict,
     finally:
         if bar is not None:
             bar.close()
-    parts = [f"{report.frames} frames", f"{report.cuts + 1} shot{'s' if report.cuts else ''}"]
+    parts = [plural(report.frames, "frame"), plural(report.cuts + 1, "shot")]
     if report.resumed_at:
         parts.append(f"resumed at frame {report.resumed_at}")
     if report.hinted_frames:
         parts.append(f"hints on {report.hinted_frames} frames")
     if report.referenced_frames:
         parts.append(f"reference on {report.referenced_frames} frames ({report.reference_cells:.0%} of cells matched)")
+    if report.skipped:
+        parts.append(f"{plural(report.skipped, 'undecodable frame')} replaced by the nearest good one")
+    if report.retimed:
+        parts.append(f"{plural(report.retimed, 'frame')} with out-of-order timestamps retimed")
     if report.unused_hints:
         parts.append(f"{report.unused_hints} hints after the last frame were not used")
     parts.append("audio: " + (", ".join(report.audio) if report.audio else "none"))
+    if args.compare:
+        parts.append(f"side by side: {args.compare}")
     return "; ".join(parts)
 
 

@@ -1,20 +1,25 @@
 """`chromacast run`: run a pipeline from a YAML config, with command-line overrides.
 
-Exit codes: 0 done (also after a graceful stop by SIGINT/SIGTERM), 1 a stage failed or a
-stream ended abnormally (e.g. its camera never came back), 2 bad config or input,
-130 forced exit by a second signal.
+Exit codes (every subcommand): 0 done, 1 a stage failed or a stream ended abnormally (e.g. its
+camera never came back), 2 bad config or input, 130 stopped by SIGINT/SIGTERM (after a graceful
+stop, files closed; also a forced exit by a second signal).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import tempfile
 from pathlib import Path
 
 from engines.stabilise import StabiliserSettings
 from stream.config import ConfigError, PipelineConfig, load_config, parse_config
-from stream.logs import error_line, setup_logging
+from stream.logs import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_verbosity_options,
+                         error_line, positive_float, positive_int, setup_logging, verbosity)
 from stream.pipeline import Pipeline, PipelineError
 from stream.signals import install_stop_handlers
+
+log = logging.getLogger("chromacast")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sources → engine → ZeroMQ publisher, recorder, window.")
     p.add_argument("--config", "-c", type=Path, help="pipeline YAML (see configs/)")
     p.add_argument("--source", "-s", action="append", metavar="SRC",
-                   help="replace the config's sources: webcam index, rtsp:// URL, video file or image "
-                        "folder (repeat for several)")
+                   help="replace the config's sources (keeping their stream ids, in order): webcam index, "
+                        "rtsp:// URL, video file or image folder (repeat for several)")
     p.add_argument("--engine", choices=("auto", "tensorrt", "onnxruntime", "triton"), help="engine backend")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
-    p.add_argument("--short-side", type=int, help="network input short side in pixels")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine")
+    p.add_argument("--short-side", type=positive_int, help="network input short side in pixels")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the engine")
     p.add_argument("--stabilise", type=float, metavar="S",
                    help=f"colour stabiliser strength, 0 to <1 (0: off; default {StabiliserSettings.strength})")
     p.add_argument("--saturation", type=float, metavar="X",
@@ -43,12 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("metrics", "Prometheus /metrics"), ("web", "browser viewer"), ("rtsp", "RTSP server")):
         p.add_argument(f"--{name}-port", type=int, metavar="PORT", help=f"serve the {what} on 127.0.0.1:PORT "
                        f"(or the config's {name}.host)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--max-frames", type=int, metavar="N", help="end each stream after N frames")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=positive_int, metavar="N", help="end each stream after N frames")
     p.add_argument("--realtime", action="store_true", help="play files at their fps, like a camera")
     p.add_argument("--loop", action="store_true", help="play files and folders in a loop")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true", help="errors and the summary only")
+    add_verbosity_options(p)
     return p
 
 
@@ -59,6 +63,10 @@ def source_entry(text: str) -> dict:
         return {"webcam": int(text)}
     if re.match(r"^rtsps?://", text):
         return {"rtsp": text}
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", text)
+    if scheme:  # never taken as a file name
+        raise ConfigError(f"--source {text}: {scheme.group(1)}:// is not supported; give a webcam index, "
+                          "an rtsp:// or rtsps:// URL, a video file or an image folder")
     return {"folder": text} if Path(text).is_dir() else {"file": text}
 
 
@@ -101,6 +109,10 @@ def load(args: argparse.Namespace) -> PipelineConfig:
             raise ConfigError("give --config FILE (see configs/) or --source SRC")
         config = parse_config("{}", "command line", overrides)
     else:
+        if args.source:  # the config's stream ids stay, in order: its view/record hints still hold
+            configured = load_config(args.config).sources
+            for entry, source in zip(overrides["sources"], configured):
+                entry["id"] = source.id
         config = load_config(args.config, overrides)
     for source in config.sources:  # options that apply to every source
         if args.max_frames is not None:
@@ -113,32 +125,58 @@ def load(args: argparse.Namespace) -> PipelineConfig:
     return config
 
 
+def unwritable_recording(config: PipelineConfig) -> str | None:
+    """Why a stream's recording could not be written, checked before any frame is read."""
+    if config.record is None:
+        return None
+    for source in config.sources:
+        target = Path(config.record.path.format(stream=source.id))
+        try:
+            if target.is_dir():
+                return f"record.path: {target} is a folder; give a file name such as {target}/{{stream}}.mp4"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=target.parent).close()
+        except OSError as exc:
+            return f"record.path: cannot write {target}: {exc.strerror or exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(verbosity(args))
     try:
         config = load(args)
     except ConfigError as exc:
         error_line("run", str(exc))
-        return 2
+        return EXIT_USAGE
+    problem = unwritable_recording(config)
+    if problem:
+        error_line("run", problem)
+        return EXIT_USAGE
     pipeline = Pipeline(config)
+    # before the inputs open: a camera can take seconds to answer, and a Ctrl-C then must count
+    interrupted = install_stop_handlers(pipeline.request_stop)
     try:
         pipeline.open()
     except PipelineError as exc:
+        if interrupted.is_set():  # e.g. the camera's open timed out after the Ctrl-C
+            return EXIT_INTERRUPTED
         error_line("run", str(exc))
-        return 2
-    install_stop_handlers(pipeline.request_stop)
+        return EXIT_USAGE
+    if interrupted.is_set():
+        pipeline.close()
+        log.info("interrupted before the first frame; nothing was written")
+        return EXIT_INTERRUPTED
     try:
         pipeline.start()
         pipeline.wait()
     finally:
         pipeline.close()
     print(pipeline.stats.report(), flush=True)
-    if pipeline.error:
-        error_line("run", pipeline.error)
-        return 1
+    if pipeline.error:  # already logged when it happened
+        return EXIT_FAILURE
     failed = {sid: s.ended for sid, s in pipeline.stats.streams.items() if s.ended}
     if failed:
         error_line("run", "; ".join(f"stream {sid} ended: {why}" for sid, why in failed.items()))
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK

@@ -4,7 +4,7 @@ One message is ONE ZeroMQ frame (single-part, so a latest-only subscriber can us
 
     TOPIC 0x00 HEADER 0x00 JPEG
 
-TOPIC is the stream id (1-64 of A-Z a-z 0-9 _ . -). The 0x00 after it ends the topic, so a
+TOPIC is the stream id (1-64 of A-Z a-z 0-9 _ . -, not starting with . or -). The 0x00 after it ends the topic, so a
 subscription to b"cam1\\0" matches stream "cam1" and not "cam10". HEADER is a JSON object
 (ASCII, so it never holds a 0x00 byte). JPEG is the colorized frame, baseline JPEG (BGR when
 decoded by OpenCV). A stream's last message is an end message: its header has "end": true
@@ -26,8 +26,15 @@ from stream.frame import FrameHeader, StreamEnd
 VERSION = 1
 SEPARATOR = b"\x00"
 MAX_HEADER_BYTES = 65536
-STREAM_ID_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+# a frame larger than this is refused before decoding (a tiny message can claim a huge
+# picture); 8192x8192, about twice 8K UHD. Subscribers take --max-pixels to change it.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# a frame rate below this cannot be timed (a recorder's time base would overflow); 0 = unknown
+MIN_FPS = 0.001
+# not starting with . or -: an id is also a file name ({stream} in a record path), never . or ..
+STREAM_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}"
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
+STREAM_ID_RULE = "use 1-64 of A-Z a-z 0-9 _ . -, not starting with . or -"
 
 
 class ProtocolError(ValueError):
@@ -59,7 +66,7 @@ def is_topic_prefix(prefix: bytes) -> bool:
 def topic(stream_id: str) -> bytes:
     """The subscription prefix that matches exactly one stream."""
     if not is_valid_stream_id(stream_id):
-        raise ProtocolError(f"invalid stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        raise ProtocolError(f"invalid stream id {stream_id!r}: {STREAM_ID_RULE}")
     return stream_id.encode("ascii") + SEPARATOR
 
 
@@ -130,8 +137,9 @@ def _header_from_fields(stream_id: str, fields: dict) -> FrameHeader:
         return value
 
     fps = fields.get("fps")
-    if type(fps) not in (int, float) or not 0 <= fps < 1e6:
-        raise ProtocolError(f"header field 'fps' must be a number >= 0, got {fps!r}")
+    if type(fps) not in (int, float) or not (fps == 0 or MIN_FPS <= fps < 1e6):
+        raise ProtocolError(f"header field 'fps' must be 0 (unknown) or a number from {MIN_FPS:g} "
+                            f"to 1e6, got {fps!r}")
     stages = fields.get("stages", {})
     if not isinstance(stages, dict) or not all(type(v) is int for v in stages.values()):
         raise ProtocolError("header field 'stages' must map stage names to integer ns timestamps")
@@ -170,10 +178,15 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(message: Message) -> np.ndarray:
-    """The frame's BGR pixels; ProtocolError if the JPEG is broken or not the header's size."""
+def decode_image(message: Message, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The frame's BGR pixels; ProtocolError if the JPEG is broken, not the header's size or
+    more than `max_pixels` pixels (checked before anything is allocated)."""
     if message.jpeg is None or message.header is None:
         raise ProtocolError("an end message has no image")
+    width, height = message.header.width, message.header.height
+    if width * height > max_pixels:
+        raise ProtocolError(f"frame of {width}x{height} is over the limit of {max_pixels} pixels "
+                            "(--max-pixels)")
     # check the size before decoding: a tiny message claiming a huge picture must not make
     # the subscriber allocate and decode it (or trip OpenCV's pixel limit, a cv2.error)
     size = jpeg_size(message.jpeg)

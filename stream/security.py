@@ -14,9 +14,10 @@ read by ZeroMQ when a connection starts.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import stat
 import struct
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,10 @@ import zmq.auth
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from stream.logs import EXIT_FAILURE, EXIT_USAGE, add_verbosity_options, error_line, setup_logging, verbosity
+
+log = logging.getLogger("chromacast.security")
 
 PUBLIC_SUFFIX = ".key"          # czmq / zmq.auth naming: NAME.key holds the public key
 SECRET_SUFFIX = ".key_secret"   # NAME.key_secret holds both keys; keep it private
@@ -106,14 +111,39 @@ def _read_certificate(path: Path, role: str) -> tuple[bytes | None, bytes | None
         raise SecurityError(f"{role} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
+INSECURE_ENV = "CHROMACAST_INSECURE_KEYS"  # =1: warn instead of refusing open key permissions
+
+
+def _check_permissions(path: Path, role: str, forbidden: int, problem: str, fix: str) -> None:
+    """Refuse a key file or folder whose mode has any `forbidden` bit (others could read a
+    secret key, or swap in their own keys); only a warning under the override."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reported by the read that follows
+    if not mode & forbidden:
+        return
+    text = f"{role} {path}: {problem} (mode {mode:04o})"
+    if os.environ.get(INSECURE_ENV) == "1":
+        log.warning("%s; used anyway (%s=1)", text, INSECURE_ENV)
+        return
+    raise SecurityError(f"{text}; {fix}, or set {INSECURE_ENV}=1 (view, record: --insecure-keys) "
+                        "to use it anyway")
+
+
 def load_secret_key_file(path: str | os.PathLike[str], role: str = "secret key file") -> tuple[bytes, bytes]:
-    """Return (public, secret) Z85 keys from a ``.key_secret`` file."""
+    """Return (public, secret) Z85 keys from a ``.key_secret`` file, which only its owner may read."""
     public, secret = _read_certificate(Path(path), role)
     if public and not secret:
         raise SecurityError(f"{role} {path}: holds only a public key; give the "
                             f"{SECRET_SUFFIX} file made by 'chromacast keys'")
-    return (_check_z85_key(public, Path(path), role, "public key"),
+    keys = (_check_z85_key(public, Path(path), role, "public key"),
             _check_z85_key(secret, Path(path), role, "secret key"))
+    _check_permissions(Path(path).expanduser(), role, 0o077, "other users can read or change it",
+                       f"chmod 600 {Path(path).expanduser()}")
+    return keys
 
 
 def load_public_key_file(path: str | os.PathLike[str], role: str = "public key file") -> bytes:
@@ -131,7 +161,12 @@ def load_allowed_clients(folder: str | os.PathLike[str]) -> list[bytes]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise SecurityError(f"allowed clients folder {folder}: not found or not a folder")
+    _check_permissions(folder, "allowed clients folder", 0o022, "other users can add keys to it",
+                       f"chmod go-w {folder}")
     key_files = sorted(folder.glob(f"*{PUBLIC_SUFFIX}"))
+    for key_file in key_files:
+        _check_permissions(key_file, "allowed client key", 0o022, "other users can change it",
+                           f"chmod go-w {key_file}")
     if not key_files:
         raise SecurityError(f"allowed clients folder {folder}: no client public keys "
                             f"(*{PUBLIC_SUFFIX} files); copy each subscriber's NAME{PUBLIC_SUFFIX} there")
@@ -156,8 +191,8 @@ def secure_publisher(context: zmq.Context, socket: zmq.Socket,
     """
     _require_unused(socket, "publisher")
     public, secret = load_secret_key_file(server_secret_file, "server secret key file")
-    load_allowed_clients(allowed_clients_dir)
-    authenticator = ThreadAuthenticator(context)
+    allowed = load_allowed_clients(allowed_clients_dir)
+    authenticator = CountingAuthenticator(context)
     try:
         authenticator.start()
     except zmq.ZMQError as exc:
@@ -168,7 +203,25 @@ def secure_publisher(context: zmq.Context, socket: zmq.Socket,
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_server = True
+    log.info("CurveZMQ on: encrypted, only the %d allowed key%s in %s may subscribe", len(allowed),
+             "" if len(allowed) == 1 else "s", Path(allowed_clients_dir).expanduser())
     return authenticator
+
+
+class CountingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP authenticator, counting the subscribers it refuses (`rejected`) and logging
+    the first one and every 100th, so a lockout or a stranger's attempts show in the log."""
+
+    rejected = 0
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 100 == 0:
+                log.warning("CurveZMQ: refused a subscriber (%s; %d refused so far)",
+                            status_text.decode("ascii", "replace").lower(), self.rejected)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
 def secure_subscriber(socket: zmq.Socket, client_secret_file: str | os.PathLike[str],
@@ -209,10 +262,14 @@ def add_subscriber_key_options(parser: argparse.ArgumentParser) -> None:
                        help=f"the publisher's public key (NAME{PUBLIC_SUFFIX})")
     group.add_argument("--client-key", type=Path, metavar="FILE",
                        help=f"this subscriber's key pair (NAME{SECRET_SUFFIX})")
+    group.add_argument("--insecure-keys", action="store_true",
+                       help="use a secret key that other users can read (a warning instead of an error)")
 
 
 def subscriber_security_from_args(args: argparse.Namespace) -> SecurityConfig | None:
     """The SecurityConfig the two options ask for, or None when neither is given."""
+    if getattr(args, "insecure_keys", False):
+        os.environ[INSECURE_ENV] = "1"
     if args.server_key is None and args.client_key is None:
         return None
     if args.server_key is None or args.client_key is None:
@@ -232,6 +289,7 @@ def _keys_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="chromacast",
                         help="base name of the files (default: chromacast)")
     parser.add_argument("--force", action="store_true", help="replace existing key files")
+    add_verbosity_options(parser)
     return parser
 
 
@@ -244,22 +302,49 @@ def create_key_pair(out_dir: Path, name: str, force: bool = False) -> tuple[Path
     existing = [str(p) for p in (public_file, secret_file) if p.exists()]
     if existing and not force:
         raise SecurityError(f"{', '.join(existing)} already exists; use --force to replace")
+    public, secret = zmq.curve_keypair()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        created = zmq.auth.create_certificates(out_dir, name)
-        os.chmod(created[1], 0o600)  # the secret key must not be readable by others
+        _write_certificate(public_file, public, None, 0o644)
+        _write_certificate(secret_file, public, secret, 0o600)
     except OSError as exc:
-        raise SecurityError(f"cannot write keys into {out_dir}: {exc.strerror or exc}") from None
-    return Path(created[0]), Path(created[1])
+        raise KeyWriteError(f"cannot write keys into {out_dir}: {exc.strerror or exc}") from None
+    return public_file, secret_file
+
+
+class KeyWriteError(SecurityError):
+    """The key files could not be written (a runtime failure, not bad input)."""
+
+
+def _write_certificate(path: Path, public: bytes, secret: bytes | None, mode: int) -> None:
+    """A czmq certificate file (the format zmq.auth reads). It is created with its final mode
+    under a fresh name and renamed over `path`, so a secret key is never readable by others,
+    not even for a moment and whatever the umask."""
+    lines = ["#   ZeroMQ CURVE " + ("**Secret** Certificate" if secret else "Public Certificate"),
+             "#   made by 'chromacast keys'" + ("; keep it private" if secret else ""), "",
+             "metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits off a public key's 0644
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def keys_main(argv: list[str]) -> int:
     args = _keys_parser().parse_args(argv)
+    setup_logging(verbosity(args))
     try:
         public_file, secret_file = create_key_pair(args.out.expanduser(), args.name, args.force)
     except SecurityError as exc:
-        print(f"chromacast keys: {exc}", file=sys.stderr)
-        return 1
+        error_line("keys", str(exc))
+        return EXIT_FAILURE if isinstance(exc, KeyWriteError) else EXIT_USAGE
     print(f"public key: {public_file}  (give it to the other side)")
     print(f"secret key: {secret_file}  (keep it private)")
     return 0

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from stream.config import SourceConfig
+from stream.protocol import MIN_FPS
 
 log = logging.getLogger("chromacast.sources")
 
@@ -119,7 +120,8 @@ class AvCapture(Capture):
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg's decoder
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
-        self.fps = float(config.fps or rate or DEFAULT_FPS)
+        rate = float(rate or 0)
+        self.fps = float(config.fps or (rate if MIN_FPS <= rate <= 1000 else DEFAULT_FPS))  # a damaged header
         self._frames = self._decode()
 
     def _decode(self) -> Iterator:

@@ -7,6 +7,8 @@ stream/videoencode.py (segments) and stream/videomux.py (final file with audio).
 """
 from __future__ import annotations
 
+import heapq
+import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +18,8 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
+
+log = logging.getLogger("chromacast.colorize")
 
 # swscale's default YUV 4:2:0 -> RGB path rounds coarsely and drops chroma detail
 TO_RGB = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
@@ -73,6 +77,8 @@ class VideoReader:
         self.path = path
         self.container = _open_input(path)
         self._read = False  # once decoding has started, a restart reopens the file
+        self.skipped = 0  # undecodable frames, each replaced by its nearest good neighbour
+        self.retimed = 0  # frames whose timestamp went backwards or repeated
         if not self.container.streams.video:
             self.container.close()
             raise VideoFileError(f"{path} has no video stream")
@@ -134,21 +140,66 @@ class VideoReader:
         self.container.streams.video[0].thread_type = "AUTO"
 
     def _decode(self) -> Iterator[DecodedFrame]:
-        """Decode on from where the demuxer stands (the start, or where _seek left it)."""
+        """Decode on from where the demuxer stands (the start, or where _seek left it).
+
+        A damaged file still gives every frame at its time: a frame whose packet was read but
+        never decoded (broken data, or no keyframe to decode it from) is replaced by the nearest
+        good frame, the one before or, at the start, the first one (counted in `skipped`);
+        timestamps that go backwards or repeat are moved to one nominal frame after the last
+        (counted in `retimed`), since no encoder takes them."""
         s = self.container.streams.video[0]
         info = self.info
         default_duration = max(1, int(round(1 / (info.rate * info.time_base))))
-        last_pts = None
-        try:
-            for frame in self.container.decode(s):
-                pts = frame.pts
-                if pts is None:  # raw streams without timestamps: one nominal frame after the last
-                    pts = info.start_pts if last_pts is None else last_pts + default_duration
-                duration = int(frame.duration or 0) or default_duration
-                last_pts = pts
-                yield DecodedFrame(-1, pts, duration, float((pts - info.start_pts) * info.time_base), frame)
-        except av.error.FFmpegError as exc:
-            raise VideoFileError(f"cannot decode {self.path}: {ffmpeg_message(exc)}") from None
+        last_pts: int | None = None
+        previous: av.VideoFrame | None = None
+        pending: list[int] = []  # pts of packets read whose frame has not come out yet
+
+        def made(frame: av.VideoFrame, pts: int | None, duration: int) -> DecodedFrame:
+            nonlocal last_pts
+            if last_pts is not None and (pts is None or pts <= last_pts):
+                self.retimed += pts is not None
+                pts = last_pts + default_duration
+            elif pts is None:  # raw streams without timestamps
+                pts = info.start_pts
+            last_pts = pts
+            return DecodedFrame(-1, pts, duration, float((pts - info.start_pts) * info.time_base), frame)
+
+        def stand_ins(frame: av.VideoFrame, before: int | None) -> Iterator[DecodedFrame]:
+            # frames come out in presentation order: a packet earlier than this frame never will
+            while pending and (before is None or pending[0] < before):
+                pts = heapq.heappop(pending)
+                if last_pts is None or pts > last_pts:
+                    self.skipped += 1
+                    if self.skipped == 1:
+                        log.warning("%s: a frame cannot be decoded; its nearest good frame stands in "
+                                    "(each one is counted)", self.path)
+                    yield made(frame, pts, default_duration)
+
+        demux = self.container.demux(s)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                log.warning("%s: stopped reading at a damaged part of the file (%s)", self.path,
+                            ffmpeg_message(exc))
+                break
+            if packet.size and packet.pts is not None:
+                heapq.heappush(pending, packet.pts)
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue  # its frame is missing from the output order: a stand-in takes its place
+            for frame in frames:
+                if frame.pts is not None:
+                    yield from stand_ins(previous or frame, frame.pts)
+                    if pending and pending[0] == frame.pts:
+                        heapq.heappop(pending)
+                previous = frame
+                yield made(frame, frame.pts, int(frame.duration or 0) or default_duration)
+        if previous is not None:
+            yield from stand_ins(previous, None)
 
     def close(self) -> None:
         self.container.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,7 +33,7 @@ from stream.scenecut import DEFAULT_SCENE_THRESHOLD, SceneCutDetector
 from stream.videoencode import EncodePlan, EncodeSettings, SegmentEncoder, plan_encoding
 from stream.videofile import DecodedFrame, VideoFileError, VideoInfo, VideoReader
 from stream.videomux import SegmentTiming, concatenate
-from stream.workfolder import SegmentRecord, WorkFolder, partial_name
+from stream.workfolder import SegmentRecord, WorkFolder, partial_name, work_folder_for
 
 log = logging.getLogger("chromacast.colorize")
 
@@ -66,6 +67,8 @@ class VideoReport:
     referenced_frames: int = 0
     reference_cells: float = 0.0  # mean share of grid cells that took a reference colour
     unused_hints: int = 0
+    skipped: int = 0  # undecodable frames, each replaced by its nearest good frame
+    retimed: int = 0  # frames whose timestamps went backwards, moved after the one before
     audio: list[str] = field(default_factory=list)
 
 
@@ -85,10 +88,17 @@ def colorize_video(src: Path, dst: Path, engine: Engine, opts: VideoJobOptions,
                "engine": engine.name, "network_size": list(size), "scene_threshold": opts.scene_threshold,
                "encoding": plan.describe(), "compare": cmp_plan.describe() if cmp_plan else None,
                "segment_frames": opts.segment_frames, **opts.identity}
-        work = WorkFolder.open(dst, job, opts.resume)
-        report = VideoReport()
-        if not work.complete:
-            _colorize_frames(reader, work, engine, size, plan, cmp_plan, opts, report, progress)
+        folder = work_folder_for(dst)
+        try:
+            work = WorkFolder.open(dst, job, opts.resume)
+            report = VideoReport()
+            if not work.complete:
+                _colorize_frames(reader, work, engine, size, plan, cmp_plan, opts, report, progress)
+        except BaseException:  # also a Ctrl-C: with no finished segment there is nothing to resume
+            if folder.is_dir() and not (folder / "state-00000.npz").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        report.skipped, report.retimed = reader.skipped, reader.retimed
     finally:
         reader.close()
     kinds = ["seg"] + (["cmp"] if opts.compare else [])
@@ -126,6 +136,7 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
     start = done[-1].last_index + 1 if done else 0
     anchor = (done[-1].last_index, done[-1].last_pts) if done else None
     report.resumed_at = start
+    report.cuts = done[-1].cuts if done else 0
     writer = _SegmentWriter(work, plan, cmp_plan, info)
     worker: BackgroundWorker = BackgroundWorker(writer.handle, depth=4, name="encode")
     detector = SceneCutDetector(opts.scene_threshold)
@@ -181,7 +192,8 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
                 out = engine.colorize([l8], [state])[0]  # no hints, no reference, nothing after the network
             worker.submit(("frame", f.index // seg, out, bgr, f.pts, f.duration))
             if (f.index + 1) % seg == 0:
-                worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s),
+                worker.submit(("end", SegmentRecord(f.index // seg, segment_origin, f.index, f.pts, f.time_s,
+                                                    cuts=report.cuts),
                                state_copy(state),
                                {**carrier.to_arrays(), **(stabiliser.to_arrays() if stabiliser else {})}))
             prev_time, last = f.time_s, f
@@ -189,7 +201,7 @@ def _colorize_frames(reader: VideoReader, work: WorkFolder, engine: Engine, size
                 progress(f.index + 1, max(info.frames, f.index + 1))
         if last is not None and (last.index + 1) % seg:
             worker.submit(("end", SegmentRecord(last.index // seg, segment_origin, last.index, last.pts,
-                                                last.time_s), state_copy(state), None))
+                                                last.time_s, cuts=report.cuts), state_copy(state), None))
         worker.close()
     except BaseException:
         decoded.close()  # stops the decode thread before the reader closes

@@ -38,6 +38,7 @@ class SegmentRecord:
     last_pts: int
     last_time_s: float
     reorder_delays: dict[str, int] = field(default_factory=dict)  # per segment kind, from the encoder
+    cuts: int = 0  # scene cuts from the first frame to this segment's end (a resumed run's summary)
 
 
 def work_folder_for(output: Path) -> Path:
@@ -59,6 +60,8 @@ class WorkFolder:
         """The work folder for `output`: reused when `resume` and it belongs to the same job."""
         path = work_folder_for(output)
         job = {"version": FORMAT_VERSION, **job}
+        if path.exists() and not (path / "state-00000.npz").exists() and not _marked_complete(path):
+            shutil.rmtree(path, ignore_errors=True)  # a run that stopped before its first segment: nothing to keep
         if path.exists():
             if not resume:
                 raise WorkFolderError(f"an unfinished run of {output.name} is in {path}: add --resume to continue "
@@ -68,7 +71,8 @@ class WorkFolder:
             if old != job:
                 changed = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
                 raise WorkFolderError(f"cannot resume {output.name}: the unfinished run in {path} used a different "
-                                      f"{', '.join(changed)}; delete that folder to start over")
+                                      f"{', '.join(_change(k, old.get(k), job.get(k)) for k in changed)}; "
+                                      "delete that folder to start over")
             folder = cls(path, {**job, "complete": old_complete})
             folder._remove_temporaries()
             return folder
@@ -143,6 +147,20 @@ class WorkFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _change(key: str, old: object, new: object) -> str:
+    """'stabilise (0.85, now 0.5)'; values too long to read (hashes, plans) by name only."""
+    if len(repr(old)) + len(repr(new)) > 60:
+        return key
+    return f"{key} ({json.dumps(old)}, now {json.dumps(new)})"
+
+
+def _marked_complete(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "job.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

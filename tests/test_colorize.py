@@ -239,7 +239,7 @@ def test_interrupted_run_resumes_to_the_same_output(tmp_path, tiny_model, capsys
     assert sorted(p.name for p in work.glob("state-*")) == ["state-00000.npz", "state-00001.npz"]
 
     capsys.readouterr()
-    assert colorize(src, dst, *common) == 1  # without --resume the unfinished run is not thrown away
+    assert colorize(src, dst, *common) == 2  # without --resume the unfinished run is not thrown away
     assert "--resume" in capsys.readouterr().err
     assert offline.main([str(a) for a in [src, dst, *common, "--resume"]]) == 0
     assert "resumed at frame 8" in capsys.readouterr().err
@@ -263,7 +263,7 @@ def test_resume_refuses_other_settings(tmp_path, tiny_model, capsys):
     with pytest.raises(KeyboardInterrupt):
         colorize_video(src, dst, engine, VideoJobOptions(
             segment_frames=2, identity=offline.job_identity(tiny_model, None, None)), stop)
-    assert colorize(src, dst, "--model", tiny_model, "--segment-frames", 2, "--crf", 30, "--resume") == 1
+    assert colorize(src, dst, "--model", tiny_model, "--segment-frames", 2, "--crf", 30, "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different encoding" in err
 
@@ -392,7 +392,7 @@ def test_unwritable_output_place(tmp_path, tiny_model, capsys):
     if not Path("/proc/self").is_dir():
         pytest.skip("needs /proc, a folder nothing can be created in")
     clip = make_clip(tmp_path / "clip.mp4", frames=3, audio=None)
-    assert offline.main([str(clip), "/proc/out.mp4", "--model", str(tiny_model), "--quiet"]) == 1
+    assert offline.main([str(clip), "/proc/out.mp4", "--model", str(tiny_model), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write beside /proc/out.mp4" in err
 
@@ -400,8 +400,8 @@ def test_unwritable_output_place(tmp_path, tiny_model, capsys):
 def test_command_line_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stream.cli", "colorize", str(tmp_path / "missing.mp4"),
                            str(tmp_path / "out.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == f"chromacast colorize: input not found: {tmp_path / 'missing.mp4'}"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"chromacast colorize: error: input not found: {tmp_path / 'missing.mp4'}"
 
 
 def test_stabiliser_steadies_a_file_and_can_be_turned_off(tmp_path, tiny_model, capsys):
@@ -419,6 +419,6 @@ def test_stabiliser_steadies_a_file_and_can_be_turned_off(tmp_path, tiny_model, 
     for bad, named in ((["--stabilise", 1.5], "strength must be in [0, 1), got 1.5"),
                        (["--stabilise-flow", "slow"], "flow must be one of ultrafast, fast, medium, got 'slow'")):
         capsys.readouterr()
-        assert colorize(src, tmp_path / "bad.mp4", "--model", tiny_model, *bad) == 1
+        assert colorize(src, tmp_path / "bad.mp4", "--model", tiny_model, *bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err, err

@@ -42,7 +42,7 @@ def test_documented_error_line(tmp_path):
     path.write_text(docs_example().replace('"#b03a2e"', '"#b03a2"'))
     with pytest.raises(HintsError) as err:
         load_hints(path)
-    documented = re.search(r"chromacast colorize: (hints file .*)", (ROOT / "docs" / "colorize.md").read_text())
+    documented = re.search(r"chromacast colorize: error: (hints file .*)", (ROOT / "docs" / "colorize.md").read_text())
     assert str(err.value) == documented.group(1).replace("reel1-hints.yaml", str(path))
 
 

@@ -87,12 +87,12 @@ def test_file_through_whole_pipeline(tmp_path, engine):
 
 def test_odd_sized_colour_input_keeps_size_and_frame_count(tmp_path, engine):
     source = write_video(tmp_path / "odd.mp4", frames=9, width=161, height=91, fps=10, colour=True)
-    config = make_config([{"id": "odd", "file": str(source)}], record={"path": str(tmp_path / "{stream}-colour.mp4")})
+    config = make_config([{"id": "odd", "file": str(source)}], record={"path": str(tmp_path / "rec" / "{stream}.mp4")})
     pipeline = Pipeline(config, engine).open()
     pipeline.start()
     assert pipeline.wait(60)
     pipeline.close()
-    recorded, fps = read_video(tmp_path / "odd-colour.mp4")
+    recorded, fps = read_video(tmp_path / "rec" / "odd.mp4")
     inputs, _ = read_video(source)
     assert len(recorded) == 9 and fps == 10 and recorded[0].shape == (91, 161, 3)
     diff = np.abs(l_plane(recorded[4]) - l_plane(inputs[4]))

@@ -28,7 +28,8 @@ def test_shipped_configs_cover_every_use():
 def test_sample_config_runs_the_bundled_clip_with_publisher_and_recorder():
     config = load_config(ROOT / "configs" / "sample.yaml")
     assert (ROOT / config.sources[0].file).is_file()
-    assert config.publish.bind == "tcp://127.0.0.1:5555" and config.record.path.startswith("out/")
+    assert config.publish.bind == "tcp://127.0.0.1:5555"
+    assert config.record.path == str(ROOT / "out" / "{stream}.mp4")  # from the config's folder, not the cwd
 
 
 def test_defaults_and_live_behaviour():

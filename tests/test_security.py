@@ -322,7 +322,7 @@ def test_keys_command_creates_and_refuses_to_overwrite(tmp_path: Path) -> None:
     first_secret = secret.read_bytes()
 
     again = run_keys("--out", str(out), "--name", "server")
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "already exists" in again.stderr and "--force" in again.stderr
     assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
     assert secret.read_bytes() == first_secret  # nothing was replaced
@@ -334,7 +334,7 @@ def test_keys_command_creates_and_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_keys_command_bad_name_and_missing_out(tmp_path: Path) -> None:
     bad = run_keys("--out", str(tmp_path), "--name", "a/b")
-    assert bad.returncode == 1 and "plain file name" in bad.stderr
+    assert bad.returncode == 2 and "plain file name" in bad.stderr
     assert "Traceback" not in bad.stderr
     missing = run_keys("--name", "x")
     assert missing.returncode == 2 and "--out" in missing.stderr
