@@ -110,10 +110,10 @@ def test_shifted_scaled_reference_transfers_its_colours(features, scene, tiny_mo
     cv2.imwrite(str(tmp_path / "ref.png"), scene["reference"])
     psnr = {}
     for name, extra in (("none", []), ("ref", ["--reference", str(tmp_path / "ref.png")])):
-        proc = run_cli(["colorize", str(tmp_path / "frame.png"), str(tmp_path / f"{name}.png"), "--model",
+        proc = run_cli(["colorize", str(tmp_path / "frame.png"), str(tmp_path / f"out-{name}.png"), "--model",
                         str(tiny_model), "--short-side", SHORT_SIDE, "--threads", "2", *extra], timeout=120)
         assert proc.returncode == 0, proc.stderr
-        psnr[name] = metrics.psnr(cv2.imread(str(tmp_path / f"{name}.png")), scene["frame"])
+        psnr[name] = metrics.psnr(cv2.imread(str(tmp_path / f"out-{name}.png")), scene["frame"])
     assert psnr["ref"] > psnr["none"] + 5, psnr
 
 
@@ -195,7 +195,7 @@ def test_bad_reference_inputs_give_one_line(scene, tmp_path):
     for name, (args, expected) in bad_reference_cases(tmp_path, scene).items():
         proc = run_cli(["colorize", str(src), str(tmp_path / "out.mp4"), *args])
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], (name, proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (name, proc.stderr)
         assert lines[0].startswith("chromacast colorize: ")
         assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".out*"))  # no work begun
     proc = run_cli(["run", "--source", str(src), "--no-publish", "--reference", str(tmp_path / "grey.png")])

@@ -191,7 +191,7 @@ def test_end_frees_the_sequence_and_logs_nothing_wrong(triton, caplog):
             run_streams(remote, {"x": frames(2, 3)}, {})
             # the same stream id again: a new sequence, with START, after the END
             run_streams(remote, {"x": frames(2, 3)}, {})
-        assert remote.failovers == 0 and not caplog.records
+        assert remote.failovers == 0 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         remote.close()
 
