@@ -96,7 +96,10 @@ def test_batcher_waits_briefly_for_other_streams():
     qb = batcher.add_stream("b", 4, Overflow.BLOCK, 25.0)
     batcher.no_more_streams()
     qa.put(frame("a", 0))
-    threading.Timer(0.2, lambda: qb.put(frame("b", 0))).start()
+    qb.put(frame("b", 0))
+    batcher.gather(1.0)  # both delivering now: a stream that is not delivering is never waited for
+    qa.put(frame("a", 1))
+    threading.Timer(0.02, lambda: qb.put(frame("b", 1))).start()
     gathered = batcher.gather(1.0)
     assert sorted(f.stream for g in gathered.groups for f in g) == ["a", "b"]
 
