@@ -19,8 +19,10 @@ from stream import protocol
 from stream.frame import FrameHeader
 from test_fuzz import JPEG, with_jpeg_size
 
-RSS_PROBE = ("import resource, sys; from stream.cli import main; rc = main(sys.argv[1:]); "
-             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True); sys.exit(rc)")
+# VmHWM, the peak RSS of this program only (getrusage's maxrss also counts the forking parent's)
+RSS_PROBE = ("import re, sys; from stream.cli import main; rc = main(sys.argv[1:]); "
+             "print('maxrss_kb', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), "
+             "flush=True); sys.exit(rc)")
 
 
 def header(**fields) -> FrameHeader:

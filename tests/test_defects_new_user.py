@@ -383,3 +383,36 @@ def test_a_resumed_run_counts_the_shots_of_the_whole_film(tmp_path, tiny_model, 
     assert offline.main([*common, "--resume"]) == 0
     resumed = capsys.readouterr().err
     assert "resumed at frame 8" in resumed and "2 shots" in resumed, resumed
+
+
+# --- 7: Ctrl-C twice on run never leaves a broken file under the final name -------------------------
+
+def test_ctrl_c_twice_leaves_no_broken_recording(tmp_path):
+    import signal
+
+    from conftest import start_cli
+    from test_pipeline_cli import TEST_ENGINE, wait_for_frames, write_config
+
+    clip = write_video(tmp_path / "long.mp4", frames=400, width=128, height=96, fps=25)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, f"""
+        sources: [{{id: cam, file: {clip}, realtime: true}}]
+        {TEST_ENGINE}
+        publish: {{bind: "{url}"}}
+        record: {{path: "{tmp_path}/rec/{{stream}}.mp4"}}
+        stats: {{interval_s: 0}}
+        """)
+    process = start_cli(["run", "--config", config], cwd=tmp_path)
+    try:
+        wait_for_frames(url, 10)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # the forced exit, at once
+        process.wait(30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    final = tmp_path / "rec" / "cam.mp4"
+    if final.exists():  # only if it was closed before the second signal: then it is whole
+        from conftest import read_video
+
+        assert read_video(final)[0]

@@ -185,7 +185,7 @@ def test_loop_restarts_state_and_max_frames_ends_stream(tmp_path, engine):
 def test_stop_request_drains_and_closes_files(tmp_path, engine):
     clip = write_video(tmp_path / "long.mp4", frames=200, width=96, height=64)
     config = make_config([{"id": "long", "file": str(clip), "realtime": True}],
-                         record={"path": str(tmp_path / "{stream}-colour.mp4")})
+                         record={"path": str(tmp_path / "rec" / "{stream}.mp4")})
     pipeline = Pipeline(config, engine).open()
     pipeline.start()
     assert not pipeline.wait(1.0)  # still running after a second (200 frames at 24 fps)
@@ -193,6 +193,6 @@ def test_stop_request_drains_and_closes_files(tmp_path, engine):
     assert pipeline.wait(30)
     pipeline.close()
     stats = pipeline.stats.streams["long"]
-    recorded, _ = read_video(tmp_path / "long-colour.mp4")
+    recorded, _ = read_video(tmp_path / "rec" / "long.mp4")
     assert 0 < stats.frames_out < 200
     assert len(recorded) == stats.frames_out == pipeline.recorder.written["long"][1]
